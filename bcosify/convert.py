@@ -1,0 +1,186 @@
+"""``convert`` and ``analyze``: trace a model, rewrite it into a B-cos network, report."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from bcosify import nn as bnn
+from bcosify.config import BcosConfig
+from bcosify.errors import BcosifyError, UnsupportedLayerError
+from bcosify.fx import passes, trace
+from bcosify.preprocessing import IMAGENET_DEFAULT, Preprocessing
+from bcosify.report import ConversionReport
+
+__all__ = ["convert", "analyze", "is_converted"]
+
+
+def is_converted(model: nn.Module) -> bool:
+    """Whether ``model`` is (or contains) a bcosify-converted network."""
+    return hasattr(model, "bcosify_config") or any(
+        isinstance(m, (bnn.InputEncoding, bnn.DetachableModule)) for m in model.modules()
+    )
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise BcosifyError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise BcosifyError(
+            f"cannot convert a {type(model).__name__}-wrapped model; convert model.module and wrap "
+            "the converted model afterwards"
+        )
+    if is_converted(model):
+        raise BcosifyError(
+            "this model is already a B-cos network (it contains bcosify modules); convert the "
+            "original model instead"
+        )
+
+
+def _resolve_preprocessing(
+    model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...], Preprocessing]:
+    known = Preprocessing.from_model(model)
+    if mean is None and std is None and known is None:
+        warnings.warn(
+            "the preprocessing of this model is unknown: assuming ImageNet mean/std; pass "
+            "convert(model, mean=..., std=...) to set it",
+            UserWarning,
+            stacklevel=3,
+        )
+    base = known or IMAGENET_DEFAULT
+    mean_t = tuple(float(v) for v in (mean if mean is not None else base.mean))
+    std_t = tuple(float(v) for v in (std if std is not None else base.std))
+    if len(mean_t) != len(std_t) or any(s <= 0 for s in std_t):
+        raise BcosifyError(
+            f"mean and std need one value per input channel and std > 0; got mean={mean_t}, "
+            f"std={std_t}"
+        )
+    return mean_t, std_t, dataclasses.replace(base, mean=mean_t, std=std_t)
+
+
+def _run(
+    model: nn.Module,
+    config: BcosConfig | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    dry_run: bool,
+) -> tuple[nn.Module, ConversionReport]:
+    _check_model(model)
+    if config is None:
+        config = BcosConfig()
+    elif not isinstance(config, BcosConfig):
+        raise BcosifyError(f"config must be a BcosConfig, got {type(config).__name__}")
+    mean_t, std_t, preprocessing = _resolve_preprocessing(model, mean, std)
+    report = ConversionReport(
+        model=type(model).__name__, config=config.to_dict(), mean=mean_t, std=std_t
+    )
+    was_training = model.training
+    source = copy.deepcopy(model).eval()
+    gm = trace(source, tuple(config.leaf_modules) + tuple(config.skip_modules))
+    ctx = passes.RewriteContext(gm, config, report)
+    passes.convert_nodes(ctx)
+    report.unsupported = list(ctx.unsupported_nodes)
+    if report.unsupported and not dry_run:
+        raise UnsupportedLayerError(report.unsupported)
+    if config.head_before_pool:
+        passes.move_head_before_pool(ctx)
+    passes.encode_input(ctx, mean_t, std_t)
+    num_classes = passes.infer_num_classes(ctx)
+    if num_classes is None:
+        num_classes = _probe_num_classes(source, preprocessing)
+    report.num_classes = num_classes
+    logit_bias = config.resolved_logit_bias(num_classes)
+    if logit_bias is not None:
+        passes.add_logit(ctx, logit_bias)
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    gm.train(was_training)
+    gm.bcosify_config = config
+    gm.bcosify_preprocessing = preprocessing
+    gm.bcosify_num_classes = num_classes
+    gm.bcosify_source = dict(getattr(model, "bcosify_source", {}) or {})
+    gm.conversion_report = report
+    gm.transform = preprocessing.transform()
+    return gm, report
+
+
+def _probe_num_classes(model: nn.Module, preprocessing: Preprocessing) -> int:
+    size = preprocessing.input_size
+    x = torch.zeros(1, len(preprocessing.mean), size, size)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise BcosifyError(
+            f"could not determine the number of classes: a forward pass at {size}x{size} failed "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    return int(out.shape[-1])
+
+
+def convert(
+    model: nn.Module,
+    config: BcosConfig | None = None,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.fx.GraphModule:
+    """Convert ``model`` into a B-cos network.
+
+    The model is traced with torch.fx and rewritten by the rule tables: conv/linear become B-cos
+    units, BatchNorm becomes uncentered, biases and ReLUs are removed, gated activations get
+    detachable gates, the input is encoded as ``[x, 1 - x]`` with the normalisation folded into the
+    first layer, and a logit bias is added. ``model`` itself is not modified.
+
+    Args:
+        model: the source classifier (eval or train mode; the result keeps the mode).
+        config: conversion options (default ``BcosConfig()``: B=2, no biases, no ReLU).
+        mean, std: the normalisation the source model expects; by default taken from the model's
+            known preprocessing (bcosify sources, timm ``pretrained_cfg``).
+
+    Returns:
+        A ``torch.fx.GraphModule`` taking images in [0, 1] (no normalisation outside), with
+        attributes ``bcosify_config``, ``bcosify_preprocessing``, ``bcosify_num_classes``,
+        ``conversion_report`` and ``transform`` (resize/crop/to-tensor).
+
+    Raises:
+        UnsupportedLayerError: listing every operation no rule covers.
+        TraceError: when torch.fx cannot trace the model.
+        BcosifyError: for a DDP-wrapped or already converted model, or bad options.
+
+    Example:
+        >>> import torchvision
+        >>> m = convert(torchvision.models.resnet18(), mean=(0.485, 0.456, 0.406),
+        ...             std=(0.229, 0.224, 0.225))
+        >>> m(torch.rand(1, 3, 64, 64)).shape
+        torch.Size([1, 1000])
+    """
+    gm, _ = _run(model, config, mean, std, dry_run=False)
+    return gm
+
+
+def analyze(
+    model: nn.Module,
+    config: BcosConfig | None = None,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ConversionReport:
+    """Dry run of :func:`convert`: the report of what would change, unsupported operations
+    included (``report.unsupported``) instead of raised. ``model`` is not modified.
+
+    Example:
+        >>> import torchvision
+        >>> report = analyze(torchvision.models.resnet18(), mean=(0.5,) * 3, std=(0.5,) * 3)
+        >>> report.ok
+        True
+    """
+    _, report = _run(model, config, mean, std, dry_run=True)
+    return report

@@ -1,0 +1,23 @@
+"""Tracing and graph rewriting: the tracer, the rule tables and the passes."""
+
+from bcosify.fx import rules_libs as _rules_libs  # noqa: F401  (registers library rules)
+from bcosify.fx.rules import (
+    KEEP,
+    REMOVE,
+    get_module_rule,
+    list_module_rules,
+    register_function_rule,
+    register_module_rule,
+)
+from bcosify.fx.tracer import BcosTracer, trace
+
+__all__ = [
+    "KEEP",
+    "REMOVE",
+    "BcosTracer",
+    "get_module_rule",
+    "list_module_rules",
+    "register_function_rule",
+    "register_module_rule",
+    "trace",
+]

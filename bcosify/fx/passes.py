@@ -1,0 +1,430 @@
+"""Graph passes of the converter. Each pass is a small function over the traced graph."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from bcosify import nn as bnn
+from bcosify.config import BcosConfig
+from bcosify.errors import BcosifyError
+from bcosify.fx import rules
+from bcosify.report import ConversionReport
+
+__all__ = ["RewriteContext", "convert_nodes", "move_head_before_pool", "encode_input", "add_logit"]
+
+
+class RewriteContext:
+    """State shared by the passes: the graph module, the options and the report."""
+
+    def __init__(self, gm: fx.GraphModule, config: BcosConfig, report: ConversionReport):
+        self.gm = gm
+        self.graph = gm.graph
+        self.config = config
+        self.report = report
+        self.unsupported_nodes: list[tuple[str, str, str]] = []
+        self.dependent = _input_dependent(gm.graph)
+        self.gates, self.gate_branch = _find_gates(self)
+        self._replaced: dict[str, Any] = {}
+        self._counter = 0
+
+    # -- helpers used by rules -------------------------------------------------------------
+    def qualname(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return str(node.target)
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            path = list(stack.keys())[-1]
+            path = path if isinstance(path, str) else str(path)
+            return f"{path}.{node.name}" if path else node.name
+        return node.name
+
+    def record(self, node: fx.Node, action: str, what: str, detail: str = "") -> None:
+        self.report.add(action, what, self.qualname(node), detail)
+
+    def unsupported(self, node: fx.Node, kind: str, hint: str) -> None:
+        self.unsupported_nodes.append((self.qualname(node), kind, hint))
+
+    def add_submodule(self, hint: str, module: nn.Module) -> str:
+        base = "bcosify_" + "".join(c if c.isalnum() else "_" for c in hint)
+        name = base
+        while hasattr(self.gm, name):
+            self._counter += 1
+            name = f"{base}_{self._counter}"
+        self.gm.add_submodule(name, module)
+        return name
+
+    def remove_node(self, node: fx.Node, what: str) -> None:
+        self.record(node, "removed", what)
+        source = node.args[0] if node.args else node.kwargs["input"]
+        node.replace_all_uses_with(source)
+        self.graph.erase_node(node)
+
+    def replace_with_module(
+        self,
+        node: fx.Node,
+        module: nn.Module,
+        what: str,
+        inputs: Sequence[Any] | None = None,
+        quiet: bool = False,
+    ) -> fx.Node:
+        name = self.add_submodule(node.name, module)
+        if inputs is None:
+            inputs = (node.args[0] if node.args else node.kwargs["input"],)
+        with self.graph.inserting_before(node):
+            new = self.graph.call_module(name, tuple(inputs))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        self.graph.erase_node(node)
+        if node in self.dependent:
+            self.dependent.add(new)
+        if not quiet:
+            self.report.add("replaced", f"{what} -> {type(module).__name__}", self.qualname(new))
+        return new
+
+    def detach_gate(self, mul: fx.Node, index: int) -> None:
+        gate = mul.args[index]
+        name = self.add_submodule(f"{gate.name}_detach", bnn.DetachableGate())
+        with self.graph.inserting_after(gate):
+            detached = self.graph.call_module(name, (gate,))
+        detached.meta = dict(gate.meta)
+        mul.replace_input_with(gate, detached)
+        self.record(mul, "inserted", "DetachableGate (x * gate)")
+
+
+_METADATA = {"size", "dim", "numel", "shape", "ndim", "dtype", "device"}
+
+
+def _is_metadata(node: fx.Node) -> bool:
+    """Whether ``node`` reads tensor metadata (a shape, a dtype), not tensor values."""
+    if node.op == "call_method":
+        return node.target in _METADATA
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in _METADATA
+    return False
+
+
+def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose values depend on the input (shape arithmetic does not count)."""
+    dep: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" or (
+            not _is_metadata(node) and any(a in dep for a in node.all_input_nodes)
+        ):
+            dep.add(node)
+    return dep
+
+
+_MUL_TARGETS = {operator.mul, torch.mul, "mul", operator.imul, "mul_"}
+
+
+def _module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _find_gates(ctx: RewriteContext) -> tuple[set[fx.Node], set[fx.Node]]:
+    """Gate nodes (a sigmoid-like output scaling another tensor) and the nodes feeding only them.
+
+    The branch that computes a gate (a squeeze-excitation MLP, say) is left as it is: the gate is
+    detached in explanation mode, so nothing inside it needs to be B-cos.
+    """
+    gates: set[fx.Node] = set()
+    for node in ctx.graph.nodes:
+        if node.op not in ("call_function", "call_method") or node.target not in _MUL_TARGETS:
+            continue
+        a, b = node.args[0], node.args[1]
+        if not (a in ctx.dependent and b in ctx.dependent):
+            continue
+        for operand in (b, a):
+            if rules.is_gate_target(operand, _module_of(ctx.gm, operand)):
+                gates.add(operand)
+                break
+    branch: set[fx.Node] = set(gates)
+    for node in reversed(list(ctx.graph.nodes)):
+        if node in branch or node.op in ("placeholder", "output") or not node.users:
+            continue
+        if all(u in branch for u in node.users):
+            branch.add(node)
+    return gates, branch
+
+
+def _skipped(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def convert_nodes(ctx: RewriteContext) -> None:
+    """Apply the module and function rules to every node outside gate branches."""
+    gm, config = ctx.gm, ctx.config
+    for node in list(ctx.graph.nodes):
+        if node.op in ("placeholder", "output", "get_attr") or node not in ctx.dependent:
+            continue  # constants and shape arithmetic need no conversion
+        if node in ctx.gate_branch:
+            if node in ctx.gates:
+                ctx.record(node, "kept", "gate branch (detached in explanation mode)")
+            continue
+        if node.op == "call_module":
+            _convert_module_node(ctx, node, gm.get_submodule(node.target), config)
+            continue
+        module_stack = node.meta.get("nn_module_stack") or {}
+        if any(_skipped(str(p), config.skip_modules) for p in module_stack):
+            continue
+        target = node.target
+        if rules.is_gate_target(node, None):
+            ctx.unsupported(
+                node,
+                str(getattr(target, "__name__", target)),
+                "a saturating non-linearity used on its own (not as a gate that scales a tensor)",
+            )
+            continue
+        rule = rules.get_function_rule(target)
+        if rule is not None:
+            rule(ctx, node)
+        elif not rules.is_neutral(target):
+            kind = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+            what = f"method .{kind}()" if node.op == "call_method" else f"function {kind}"
+            ctx.unsupported(
+                node,
+                what,
+                "no conversion rule; register one with bcosify.register_function_rule",
+            )
+
+
+def _convert_module_node(
+    ctx: RewriteContext, node: fx.Node, module: nn.Module, config: BcosConfig
+) -> None:
+    name = str(node.target)
+    if _skipped(name, config.skip_modules):
+        ctx.record(node, "skipped", type(module).__name__)
+        return
+    if isinstance(module, rules.GATE_MODULES):
+        ctx.unsupported(
+            node,
+            type(module).__name__,
+            "a saturating non-linearity used on its own (not as a gate that scales a tensor)",
+        )
+        return
+    if name in ctx._replaced:
+        result = ctx._replaced[name]
+    else:
+        rule = rules.get_module_rule(type(module))
+        if rule is None:
+            ctx.unsupported(
+                node,
+                type(module).__module__ + "." + type(module).__qualname__,
+                "no conversion rule for this module type; register one with "
+                "bcosify.register_module_rule or skip it",
+            )
+            return
+        result = rule(module, config)
+        ctx._replaced[name] = result
+        if isinstance(result, nn.Module) and result is not module:
+            ctx.gm.set_submodule(name, result)
+            ctx.record(node, "replaced", f"{_describe(module)} -> {_describe(result)}")
+    if result is rules.KEEP and _interesting_keep(module):
+        ctx.record(node, "kept", type(module).__name__)
+    elif result is rules.REMOVE:
+        ctx.remove_node(node, type(module).__name__)
+
+
+def _describe(module: nn.Module) -> str:
+    act = getattr(module, "act", None)
+    name = type(module).__name__
+    return f"{name}({type(act).__name__})" if isinstance(act, nn.Module) else name
+
+
+def _interesting_keep(module: nn.Module) -> bool:
+    return isinstance(module, (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AdaptiveMaxPool2d))
+
+
+# ------------------------------------------------------------------ classifier before pooling
+
+_FLATTEN_FUNCS = {torch.flatten, "flatten", "view", "reshape", "squeeze"}
+_DROPOUT_MODULES = (nn.Dropout, nn.Identity)
+
+
+def _is_passthrough(ctx: RewriteContext, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        m = ctx.gm.get_submodule(node.target)
+        if isinstance(m, _DROPOUT_MODULES):
+            return True
+        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+    if node.op in ("call_function", "call_method") and node.target in _FLATTEN_FUNCS:
+        rest = list(node.args[1:]) + list(node.kwargs.values())
+        if node.target in (torch.flatten, "flatten"):
+            return rest in ([1], [1, -1])
+        if node.target == "squeeze":
+            return True
+        # view/reshape(N, -1): the channel count must not be hard-coded
+        return len(rest) == 2 and rest[-1] == -1 or (len(rest) == 1 and rest[0][-1:] == (-1,))
+    return False
+
+
+def _is_global_avg_pool(ctx: RewriteContext, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        m = ctx.gm.get_submodule(node.target)
+        return isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
+    if node.target is F.adaptive_avg_pool2d:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1), [1, 1])
+    if node.target in ("mean", torch.mean):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)
+        return tuple(sorted(d % 4 for d in dims if isinstance(d, int))) == (2, 3)
+    return False
+
+
+def move_head_before_pool(ctx: RewriteContext) -> None:
+    """Rewrite ``global avg pool -> flatten -> linear`` as ``1x1 conv -> pool -> flatten``.
+
+    Exact at B=1 (pooling and a linear map commute); with B=2 the B-cos head acts per position.
+    """
+    for node in list(ctx.graph.nodes):
+        if node.op != "call_module" or node in ctx.gate_branch:
+            continue
+        linear = ctx.gm.get_submodule(node.target)
+        if not isinstance(linear, bnn.BcosLinear):
+            continue
+        chain = node.args[0]
+        while isinstance(chain, fx.Node) and len(chain.users) == 1 and _is_passthrough(ctx, chain):
+            chain = chain.args[0]
+        if not (isinstance(chain, fx.Node) and len(chain.users) == 1):
+            continue
+        if not _is_global_avg_pool(ctx, chain):
+            continue
+        features = chain.args[0]
+        conv = _linear_to_conv(linear)
+        ctx.gm.set_submodule(str(node.target), conv)
+        with ctx.graph.inserting_before(chain):
+            conv_node = ctx.graph.call_module(str(node.target), (features,))
+        conv_node.meta = dict(node.meta)
+        chain.replace_input_with(features, conv_node)
+        node.replace_all_uses_with(node.args[0])
+        ctx.graph.erase_node(node)
+        ctx.report.add(
+            "moved",
+            "Linear -> 1x1 BcosConv2d before global pooling",
+            str(node.target),
+        )
+
+
+def _linear_to_conv(linear: bnn.BcosLinear) -> bnn.BcosConv2d:
+    out_f, in_f = linear.weight.shape
+    conv = bnn.BcosConv2d(
+        in_f,
+        out_f // linear.max_out,
+        1,
+        bias=linear.bias is not None,
+        device="meta",
+        b=linear.b,
+        max_out=linear.max_out,
+        normalize_weights=linear.normalize_weights,
+    )
+    conv.weight = nn.Parameter(
+        linear.weight.detach().view(out_f, in_f, 1, 1), linear.weight.requires_grad
+    )
+    if linear.bias is not None:
+        conv.bias = linear.bias
+    conv.train(linear.training)
+    return conv
+
+
+# ------------------------------------------------------------------------- input encoding
+
+_SHAPE_USERS = {"size", "dim", getattr}
+
+
+def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Insert ``[x, 1 - x]`` after the input and fold the normalisation into the first layer.
+
+    The fold is bias-free: ``W6 = [W (1 - mean) / std, -W mean / std]`` per input channel, exact
+    also at zero-padded borders. Where a consumer of the input is not a B-cos conv, a fixed
+    :class:`~bcosify.nn.EncodedNormalize` maps the encoding back instead.
+    """
+    placeholders = [n for n in ctx.graph.nodes if n.op == "placeholder"]
+    if not placeholders:
+        raise BcosifyError("the traced model has no input")
+    x = placeholders[0]
+    channels = len(mean)
+    consumers = [u for u in x.users if u.target not in _SHAPE_USERS]
+    mean_t = torch.as_tensor(mean, dtype=torch.float32)
+    std_t = torch.as_tensor(std, dtype=torch.float32)
+
+    def foldable(node: fx.Node) -> bool:
+        if node.op != "call_module" or node.args[0] is not x or len(node.args) != 1:
+            return False
+        m = ctx.gm.get_submodule(node.target)
+        return isinstance(m, bnn.BcosConv2d) and m.groups == 1 and m.in_channels == channels
+
+    name = ctx.add_submodule("input_encoding", bnn.InputEncoding(channels))
+    with ctx.graph.inserting_after(x):
+        enc = ctx.graph.call_module(name, (x,))
+    ctx.report.add("inserted", "InputEncoding [x, 1-x]", name)
+    if consumers and all(foldable(u) for u in consumers):
+        for u in consumers:
+            conv = ctx.gm.get_submodule(u.target)
+            w = conv.weight
+            with torch.no_grad():
+                a = ((1 - mean_t) / std_t).to(w).view(1, -1, 1, 1)
+                c = (-mean_t / std_t).to(w).view(1, -1, 1, 1)
+                w6 = torch.cat([w * a, w * c], dim=1)
+            new = type(conv).from_conv2d(
+                conv,
+                b=conv.b,
+                keep_bias=conv.bias is not None,
+                normalize_weights=conv.normalize_weights,
+                weight=nn.Parameter(w6, requires_grad=w.requires_grad),
+            )
+            ctx.gm.set_submodule(str(u.target), new)
+            u.replace_input_with(x, enc)
+            ctx.report.add("folded", "input normalisation into first layer (bias-free)", u.target)
+    else:
+        norm_name = ctx.add_submodule("encoded_normalize", bnn.EncodedNormalize(mean, std))
+        with ctx.graph.inserting_after(enc):
+            normed = ctx.graph.call_module(norm_name, (enc,))
+        for u in consumers:
+            u.replace_input_with(x, normed)
+        ctx.report.add("inserted", "EncodedNormalize (first layer not foldable)", norm_name)
+
+
+# ---------------------------------------------------------------------------- logit layer
+
+
+def output_node(graph: fx.Graph) -> fx.Node:
+    out = next(n for n in reversed(graph.nodes) if n.op == "output")
+    if not isinstance(out.args[0], fx.Node):
+        raise BcosifyError(
+            "the model returns "
+            f"{type(out.args[0]).__name__}, not a single tensor of logits; wrap it in a module "
+            "that returns the logits only"
+        )
+    return out
+
+
+def infer_num_classes(ctx: RewriteContext) -> int | None:
+    node = output_node(ctx.graph).args[0]
+    seen = 0
+    while isinstance(node, fx.Node) and seen < 20:
+        seen += 1
+        if node.op == "call_module":
+            m = ctx.gm.get_submodule(node.target)
+            for attr in ("out_features", "out_channels"):
+                if hasattr(m, attr):
+                    return int(getattr(m, attr)) // int(getattr(m, "max_out", 1))
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        node = node.args[0]
+    return None
+
+
+def add_logit(ctx: RewriteContext, bias: float) -> None:
+    out = output_node(ctx.graph)
+    name = ctx.add_submodule("logit_layer", bnn.LogitLayer(bias))
+    with ctx.graph.inserting_before(out):
+        new = ctx.graph.call_module(name, (out.args[0],))
+    out.replace_input_with(out.args[0], new)
+    ctx.report.add("inserted", f"LogitLayer (bias {bias:.4f})", name)

@@ -1,0 +1,73 @@
+"""The torch.fx tracer used by the converter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from bcosify.errors import TraceError
+from bcosify.fx.rules import get_module_rule
+
+__all__ = ["BcosTracer", "trace"]
+
+
+def _timm_notrace() -> tuple[set[type], list]:
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except ImportError:  # pragma: no cover - timm is a core dependency
+        return set(), []
+    return set(get_notrace_modules()), list(get_notrace_functions())
+
+
+class BcosTracer(torch.fx.Tracer):
+    """A tracer whose leaves are the modules that have a conversion rule, the modules named in
+    ``leaf_names`` (and everything below them), and timm's no-trace modules."""
+
+    def __init__(self, leaf_names: Iterable[str] = ()):
+        notrace_modules, notrace_functions = _timm_notrace()
+        super().__init__(autowrap_functions=tuple(notrace_functions))
+        self.leaf_names = tuple(leaf_names)
+        self.notrace_modules = notrace_modules
+        self.current_module = ""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        name = module_qualified_name
+        if any(name == p or name.startswith(p + ".") for p in self.leaf_names):
+            return True
+        if get_module_rule(type(m)) is not None or type(m) in self.notrace_modules:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        previous = self.current_module
+        self.current_module = self.path_of_module(m)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.current_module = previous
+
+
+def trace(model: nn.Module, leaf_names: Iterable[str] = ()) -> torch.fx.GraphModule:
+    """Trace ``model`` into a GraphModule, turning tracing failures into a :class:`TraceError`."""
+    tracer = BcosTracer(leaf_names)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # torch.fx raises many types; all mean "cannot trace"
+        where = tracer.current_module or "the top-level forward"
+        hint = (
+            f'BcosConfig(leaf_modules=("{tracer.current_module}",)) and register a rule for it '
+            "with bcosify.register_module_rule (or also list it in skip_modules)"
+            if tracer.current_module
+            else "move the data-dependent code into a submodule and mark it as a leaf with "
+            "BcosConfig(leaf_modules=(...))"
+        )
+        raise TraceError(
+            f"torch.fx cannot trace {type(model).__name__}: in {where}: "
+            f"{type(exc).__name__}: {exc}\n"
+            "This usually means data-dependent Python control flow (an `if` or loop on tensor "
+            f"values). Fix: {hint}."
+        ) from exc
+    name = type(model).__name__
+    return torch.fx.GraphModule(tracer.root, graph, name)

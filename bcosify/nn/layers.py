@@ -1,0 +1,140 @@
+"""Gated activations, gates, input encoding and the logit layer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .mode import DetachableModule, add_constant
+
+__all__ = [
+    "GatedActivation",
+    "DetachableGate",
+    "InputEncoding",
+    "EncodedNormalize",
+    "LogitLayer",
+]
+
+
+def _gelu_gate(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def _gelu_tanh_gate(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+_GATES = {
+    "silu": torch.sigmoid,
+    "gelu": _gelu_gate,
+    "gelu_tanh": _gelu_tanh_gate,
+    "quick_gelu": lambda x: torch.sigmoid(1.702 * x),
+    "hardswish": F.hardsigmoid,
+    "mish": lambda x: torch.tanh(F.softplus(x)),
+}
+
+
+class GatedActivation(DetachableModule, nn.Module):
+    """``x * g(x)`` with the gate ``g(x)`` detached in explanation mode.
+
+    Args:
+        kind: one of ``silu``, ``gelu``, ``gelu_tanh``, ``quick_gelu``, ``hardswish``, ``mish``.
+
+    Example:
+        >>> act = GatedActivation("silu")
+        >>> torch.allclose(act(torch.randn(4)), torch.zeros(4)) is False
+        True
+    """
+
+    KINDS = tuple(_GATES)
+
+    def __init__(self, kind: str):
+        super().__init__()
+        if kind not in _GATES:
+            raise ValueError(f"unknown gated activation {kind!r}; known: {', '.join(_GATES)}")
+        self.kind = kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = _GATES[self.kind](x)
+        if self.explanation_mode:
+            gate = gate.detach()
+        return x * gate
+
+    def extra_repr(self) -> str:
+        return self.kind
+
+
+class DetachableGate(DetachableModule, nn.Module):
+    """Identity on a gate tensor (e.g. a squeeze-excitation scale) that is detached in
+    explanation mode, so ``x * gate`` stays linear in ``x``."""
+
+    def forward(self, gate: Tensor) -> Tensor:
+        return gate.detach() if self.explanation_mode else gate
+
+
+class InputEncoding(nn.Module):
+    """Encodes an image ``x`` in [0, 1] as ``[x, 1 - x]`` (doubling the channels).
+
+    Example:
+        >>> InputEncoding(3)(torch.rand(1, 3, 4, 4)).shape
+        torch.Size([1, 6, 4, 4])
+    """
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.in_channels = int(in_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected images with {self.in_channels} channels in dimension 1 "
+                f"(N x {self.in_channels} x H x W, values in [0, 1]), got shape {tuple(x.shape)}"
+            )
+        return torch.cat([x, 1.0 - x], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}"
+
+
+class EncodedNormalize(nn.Module):
+    """Maps the encoding ``[x, 1 - x]`` back to ``(x - mean) / std`` without a bias.
+
+    ``(x - mu) / s = x (1 - mu) / s - (1 - x) mu / s``: linear in the encoding, so the model stays
+    bias-free. Used when the first layer cannot absorb the normalisation.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32)
+        std_t = torch.as_tensor(std, dtype=torch.float32)
+        self.register_buffer("a", ((1 - mean_t) / std_t).view(1, -1, 1, 1))
+        self.register_buffer("c", (-mean_t / std_t).view(1, -1, 1, 1))
+
+    def forward(self, x6: Tensor) -> Tensor:
+        x, inv = x6.chunk(2, dim=1)
+        return x * self.a + inv * self.c
+
+
+class LogitLayer(nn.Module):
+    """Adds a constant logit bias (``-log(C - 1)`` makes ``sigmoid`` of a zero logit ``1/C``).
+
+    Explanations report the bias as the constant term ``logit_bias``.
+
+    Example:
+        >>> LogitLayer(-math.log(999))(torch.zeros(1, 1000))[0, 0].item() < -6.9
+        True
+    """
+
+    def __init__(self, bias: float):
+        super().__init__()
+        self.register_buffer("logit_bias", torch.tensor(float(bias)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return add_constant(self, "logit_bias", x, self.logit_bias.reshape((1,) * x.dim()))
+
+    def extra_repr(self) -> str:
+        return f"bias={self.logit_bias.item():.4f}"

@@ -1,0 +1,212 @@
+"""Normalisation layers for B-cos networks.
+
+* :class:`UncenteredBatchNorm2d` divides by the standard deviation without subtracting the mean
+  (the running mean is folded into the bias at conversion); the batch statistics are detached in
+  explanation mode.
+* :class:`DetachableLayerNorm`, :class:`DetachableLayerNorm2d` and :class:`DetachableGroupNorm` keep
+  the centering (a linear map) and detach the standard deviation in explanation mode.
+
+Every bias is added through :func:`add_constant`, so explanations report it as a constant term.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .mode import DetachableModule, add_constant
+
+__all__ = [
+    "UncenteredBatchNorm2d",
+    "UncenteredBatchNorm1d",
+    "DetachableLayerNorm",
+    "DetachableLayerNorm2d",
+    "DetachableGroupNorm",
+    "UncenteredBatchNormAct2d",
+]
+
+
+class _UncenteredBatchNorm(DetachableModule):
+    """``y = weight * x / sqrt(var + eps) + bias``; no mean is subtracted."""
+
+    _channel_dim = 1
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, *, keep_bias: bool = False):
+        """Convert ``bn``: fold its running mean into the bias, then drop the bias unless kept.
+
+        In eval mode at ``keep_bias=True`` the result equals ``bn`` exactly.
+        """
+        new = cls(
+            bn.num_features,
+            bn.eps,
+            bn.momentum,
+            bn.affine,
+            bn.track_running_stats,
+            device="meta",
+        )
+        new.to_empty(device=(bn.weight if bn.affine else bn.running_var).device)
+        with torch.no_grad():
+            if bn.track_running_stats:
+                new.running_var.copy_(bn.running_var)
+                new.running_mean.zero_()
+                new.num_batches_tracked.copy_(bn.num_batches_tracked)
+        if bn.affine:
+            new.weight = bn.weight
+        if keep_bias:
+            with torch.no_grad():
+                if bn.track_running_stats:
+                    scale = (bn.weight if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
+                    folded = -bn.running_mean * scale
+                else:
+                    folded = torch.zeros_like(bn.weight if bn.affine else bn.running_var)
+                if bn.affine:
+                    folded = folded + bn.bias
+            new.bias = nn.Parameter(folded.detach().clone(), requires_grad=bn.affine)
+        else:
+            new.bias = None
+        new.train(bn.training)
+        return new
+
+    def _shape(self, x: Tensor) -> list[int]:
+        shape = [1] * x.dim()
+        shape[self._channel_dim] = -1
+        return shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        dims = [d for d in range(x.dim()) if d != self._channel_dim]
+        use_batch = self.training or self.running_var is None
+        if use_batch:
+            var = x.var(dim=dims, unbiased=False)
+            if self.training and self.track_running_stats and self.running_var is not None:
+                with torch.no_grad():
+                    self.num_batches_tracked.add_(1)
+                    n = x.numel() / x.shape[self._channel_dim]
+                    unbiased = var * (n / max(n - 1, 1))
+                    momentum = (
+                        1.0 / float(self.num_batches_tracked)
+                        if self.momentum is None
+                        else self.momentum
+                    )
+                    self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
+        else:
+            var = self.running_var
+        std = (var + self.eps).sqrt()
+        if self.explanation_mode:
+            std = std.detach()
+        shape = self._shape(x)
+        scale = 1.0 / std if self.weight is None else self.weight / std
+        out = x * scale.view(shape)
+        if self.bias is not None:
+            out = add_constant(self, "bias", out, self.bias.view(shape))
+        return out
+
+
+class UncenteredBatchNorm2d(_UncenteredBatchNorm, nn.BatchNorm2d):
+    """Uncentered BatchNorm over N×C×H×W input (see :class:`_UncenteredBatchNorm`).
+
+    Example:
+        >>> bn = UncenteredBatchNorm2d.from_batchnorm(nn.BatchNorm2d(4).eval())
+        >>> bn(torch.rand(2, 4, 3, 3)).shape
+        torch.Size([2, 4, 3, 3])
+    """
+
+
+class UncenteredBatchNorm1d(_UncenteredBatchNorm, nn.BatchNorm1d):
+    """Uncentered BatchNorm over N×C or N×C×L input."""
+
+
+class DetachableLayerNorm(DetachableModule, nn.LayerNorm):
+    """LayerNorm over the trailing ``normalized_shape`` dims with a detachable std.
+
+    Example:
+        >>> ln = DetachableLayerNorm.from_layernorm(nn.LayerNorm(8))
+        >>> ln(torch.rand(2, 8)).shape
+        torch.Size([2, 8])
+    """
+
+    @classmethod
+    def from_layernorm(cls, ln: nn.LayerNorm, *, keep_bias: bool = False):
+        new = cls(ln.normalized_shape, ln.eps, elementwise_affine=False, device="meta")
+        new.elementwise_affine = ln.elementwise_affine
+        new.weight = ln.weight
+        new.bias = ln.bias if keep_bias else None
+        new.train(ln.training)
+        return new
+
+    def _norm_dims(self, x: Tensor) -> tuple[int, ...]:
+        return tuple(range(x.dim() - len(self.normalized_shape), x.dim()))
+
+    def _affine_shape(self, x: Tensor) -> tuple[int, ...]:
+        return tuple(self.normalized_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = self._norm_dims(x)
+        centered = x - x.mean(dim=dims, keepdim=True)
+        std = (centered.pow(2).mean(dim=dims, keepdim=True) + self.eps).sqrt()
+        if self.explanation_mode:
+            std = std.detach()
+        out = centered / std
+        if self.weight is not None:
+            out = out * self.weight.view(self._affine_shape(x))
+        if self.bias is not None:
+            out = add_constant(self, "bias", out, self.bias.view(self._affine_shape(x)))
+        return out
+
+
+class DetachableLayerNorm2d(DetachableLayerNorm):
+    """LayerNorm over the channels of N×C×H×W input (torchvision/timm ``LayerNorm2d``)."""
+
+    def _norm_dims(self, x: Tensor) -> tuple[int, ...]:
+        return (1,)
+
+    def _affine_shape(self, x: Tensor) -> tuple[int, ...]:
+        return (-1,) + (1,) * (x.dim() - 2)
+
+
+class DetachableGroupNorm(DetachableModule, nn.GroupNorm):
+    """GroupNorm with a detachable std and an optional (constant) bias."""
+
+    @classmethod
+    def from_groupnorm(cls, gn: nn.GroupNorm, *, keep_bias: bool = False):
+        new = cls(gn.num_groups, gn.num_channels, gn.eps, affine=False, device="meta")
+        new.affine = gn.affine
+        new.weight = gn.weight
+        new.bias = gn.bias if keep_bias else None
+        new.train(gn.training)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c = x.shape[:2]
+        grouped = x.reshape(n, self.num_groups, -1)
+        centered = grouped - grouped.mean(-1, keepdim=True)
+        std = (centered.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        if self.explanation_mode:
+            std = std.detach()
+        out = (centered / std).reshape(x.shape)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.weight is not None:
+            out = out * self.weight.view(shape)
+        if self.bias is not None:
+            out = add_constant(self, "bias", out, self.bias.view(shape))
+        return out
+
+
+class UncenteredBatchNormAct2d(UncenteredBatchNorm2d):
+    """Uncentered BatchNorm followed by dropout and an activation (timm's ``BatchNormAct2d``).
+
+    ``drop`` and ``act`` are submodules, so state-dict keys match the source layer.
+    """
+
+    @classmethod
+    def from_batchnorm_act(
+        cls, bn: nn.BatchNorm2d, act: nn.Module, drop: nn.Module, *, keep_bias: bool = False
+    ):
+        new = cls.from_batchnorm(bn, keep_bias=keep_bias)
+        new.drop = drop
+        new.act = act
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(x)))

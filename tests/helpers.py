@@ -1,0 +1,62 @@
+"""Shared helpers for the conversion tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bcosify import nn as bnn
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Give BatchNorm layers non-trivial statistics and affine parameters (random weights are
+    otherwise too regular to catch a wrong fold)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(1 + 0.1 * torch.randn(m.num_features, generator=g))
+                    m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Rescale every B-cos unit's weight so its output has unit RMS on ``x``.
+
+    With random weights a deep B=2 network shrinks its signal by |cos| at every layer and its
+    logits underflow to zero, which would make any completeness check vacuous. A B-cos unit with
+    raw weights is homogeneous of degree B in its weight scale, so a factor rms^(-1/B) on the
+    weight brings the output to unit RMS. Done layer by layer in one forward pass.
+    """
+
+    def hook(module, inputs, output):
+        rms = output.pow(2).mean().sqrt().clamp_min(1e-30)
+        module.weight.mul_(rms ** (-1.0 / module.b))
+        return output / rms
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (bnn.BcosConv2d, bnn.BcosLinear))
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))

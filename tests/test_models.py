@@ -1,0 +1,74 @@
+"""Equivalence and completeness for every architecture bcosify claims to support."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import bcosify
+from bcosify import BcosConfig
+from bcosify.models import VERIFIED_MODELS
+from tests.helpers import MEAN, STD, calibrate, randomize_norms, rel_err
+
+EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+
+
+def build(name: str) -> torch.nn.Module:
+    if name.startswith("timm/"):
+        return timm.create_model(name[5:], pretrained=False)
+    kwargs = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def size_of(name: str) -> int:
+    return VERIFIED_MODELS[name]["test_size"]
+
+
+@pytest.fixture(scope="module", params=sorted(VERIFIED_MODELS))
+def source(request):
+    torch.manual_seed(0)
+    model = randomize_norms(build(request.param)).eval()
+    return request.param, model
+
+
+def test_equivalence(source):
+    """B=1, biases, ReLU and max pool kept: the rewrite itself equals the original model."""
+    name, model = source
+    x = torch.rand(2, 3, size_of(name), size_of(name))
+    converted = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD).eval()
+    with torch.no_grad():
+        expected = model(torchvision.transforms.functional.normalize(x, MEAN, STD))
+        out = converted(x)
+    assert out.shape == expected.shape
+    assert rel_err(out, expected) <= 1e-4
+
+
+def test_completeness(source):
+    """Default config: contributions plus constants equal the logit, per sample."""
+    name, model = source
+    s = size_of(name)
+    x = torch.rand(3, 3, s, s)
+    converted = bcosify.convert(model, mean=MEAN, std=STD)
+    calibrate(converted, x)
+    expl = bcosify.explain(converted, x)
+    assert expl.contributions.shape == (3, 6, s, s)
+    assert set(expl.constant_contributions) == {"bcosify_logit_layer.logit_bias"}
+    assert float(expl.completeness_error.max()) <= 1e-4
+    # The input part alone, without the logit bias in the way: exact relative to its own size.
+    logit = expl.explained_logit - expl.constant_total
+    assert float(logit.abs().min()) > 1e-3, "calibration left a vanishing logit"
+    total = expl.contributions.flatten(1).sum(1)
+    assert float(((total - logit).abs() / logit.abs()).max()) <= 1e-4
+    # Biases and ReLUs outside gate branches are gone.
+    counts = converted.conversion_report.counts()
+    relus = sum(
+        n
+        for (action, what), n in counts.items()
+        if action == "removed" or (action == "replaced" and "ReLU6) -> " in what)
+    )
+    assert relus > 0 or name == "convnext_tiny"
+    for m in converted.modules():
+        if isinstance(m, (bcosify.nn.BcosConv2d, bcosify.nn.BcosLinear)):
+            assert m.bias is None
