@@ -31,6 +31,7 @@ class BcosTracer(torch.fx.Tracer):
         self.leaf_names = tuple(leaf_names)
         self.notrace_modules = notrace_modules
         self.current_module = ""
+        self.failed_module: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         name = module_qualified_name
@@ -45,6 +46,10 @@ class BcosTracer(torch.fx.Tracer):
         self.current_module = self.path_of_module(m)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_module is None:
+                self.failed_module = self.current_module
+            raise
         finally:
             self.current_module = previous
 
@@ -55,11 +60,12 @@ def trace(model: nn.Module, leaf_names: Iterable[str] = ()) -> torch.fx.GraphMod
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # torch.fx raises many types; all mean "cannot trace"
-        where = tracer.current_module or "the top-level forward"
+        failed = tracer.failed_module
+        where = failed or "the top-level forward"
         hint = (
-            f'BcosConfig(leaf_modules=("{tracer.current_module}",)) and register a rule for it '
+            f'BcosConfig(leaf_modules=("{failed}",)) and register a rule for it '
             "with bcosify.register_module_rule (or also list it in skip_modules)"
-            if tracer.current_module
+            if failed
             else "move the data-dependent code into a submodule and mark it as a leaf with "
             "BcosConfig(leaf_modules=(...))"
         )

@@ -1,0 +1,291 @@
+"""Converter rules, options and errors on small models that have each idiom."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import bcosify
+from bcosify import BcosConfig, BcosifyError, TraceError, UnsupportedLayerError
+from bcosify import nn as bnn
+from tests.helpers import MEAN, STD, calibrate, rel_err
+
+EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+
+
+class Idioms(nn.Module):
+    """Shared ReLU module (two call sites), F.relu, x.relu_(), max pool, an SE gate, head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.se_reduce = nn.Conv2d(8, 4, 1)
+        self.se_expand = nn.Conv2d(4, 8, 1)
+        self.conv3 = nn.Conv2d(8, 8, 1)
+        self.act = nn.SiLU()
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.pool(x)
+        x = self.relu(self.conv2(x))
+        s = F.relu(self.se_reduce(x.mean((2, 3), keepdim=True)))
+        x = x * torch.sigmoid(self.se_expand(s))
+        x = self.act(self.conv3(x)).relu_()
+        x = F.adaptive_avg_pool2d(x, 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+def _normalized(x):
+    return torchvision.transforms.functional.normalize(x, MEAN, STD)
+
+
+def test_idioms_equivalence_and_completeness():
+    model = Idioms().eval()
+    x = torch.rand(2, 3, 16, 16)
+    eq = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
+    with torch.no_grad():
+        assert rel_err(eq(x), model(_normalized(x))) <= 1e-5
+    conv = bcosify.convert(model, mean=MEAN, std=STD)
+    counts = conv.conversion_report.counts()
+    # the shared module has two call sites, F.relu is in the SE branch (kept), relu_ is a method
+    assert counts[("removed", "ReLU")] == 3
+    assert counts[("replaced", "MaxPool2d -> AvgPool2d")] == 1
+    assert counts[("replaced", "SiLU -> GatedActivation")] == 1
+    assert counts[("moved", "Linear -> 1x1 BcosConv2d before global pooling")] == 1
+    assert counts[("inserted", "DetachableGate (x * gate)")] == 1
+    # the SE branch is left as it was, biases included
+    assert type(conv.se_reduce) is nn.Conv2d and conv.se_reduce.bias is not None
+    assert isinstance(conv.fc, bnn.BcosConv2d) and conv.fc.weight.shape == (5, 8, 1, 1)
+    calibrate(conv, x)
+    expl = bcosify.explain(conv, x)
+    assert float(expl.completeness_error.max()) <= 1e-4
+
+
+def test_gate_is_detached_only_in_explanation_mode():
+    conv = bcosify.convert(Idioms().eval(), mean=MEAN, std=STD)
+    gates = [m for m in conv.modules() if isinstance(m, bnn.DetachableGate)]
+    assert len(gates) == 1
+    x = torch.rand(1, 3, 16, 16, requires_grad=True)
+    g = torch.rand(1, 8, 1, 1, requires_grad=True)
+    assert gates[0](g).requires_grad
+    with bcosify.explanation_mode(conv):
+        assert not gates[0](g).requires_grad
+    assert not gates[0].explanation_mode
+    del x
+
+
+def test_activation_keep_and_maxpool_keep():
+    conv = bcosify.convert(
+        Idioms().eval(), BcosConfig(activation="keep", maxpool="keep"), mean=MEAN, std=STD
+    )
+    counts = conv.conversion_report.counts()
+    assert counts[("removed", "ReLU")] == 0
+    assert isinstance(conv.pool, nn.MaxPool2d)
+    assert not conv.relu.inplace
+
+
+def test_source_model_is_untouched():
+    model = Idioms().eval()
+    before = copy.deepcopy(model.state_dict())
+    bcosify.convert(model, mean=MEAN, std=STD)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert type(model.conv1) is nn.Conv2d and model.relu.inplace
+
+
+def test_relu6_and_hardtanh():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+            self.r6 = nn.ReLU6()
+
+        def forward(self, x):
+            return F.hardtanh(self.r6(self.c(x)), 0.0, 6.0).mean((2, 3))
+
+    report = bcosify.analyze(M(), mean=MEAN, std=STD)
+    assert report.ok
+    assert report.counts()[("removed", "ReLU6")] == 1
+    assert report.counts()[("removed", "ReLU")] == 1
+
+
+def test_unsupported_ops_are_all_listed_in_one_error():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.elu = nn.ELU()
+            self.block = nn.Sequential(nn.Conv2d(4, 4, 1), nn.Softplus())
+
+        def forward(self, x):
+            x = self.elu(self.conv(x))
+            x = torch.exp(self.block(x))
+            return x.mean((2, 3))
+
+    with pytest.raises(UnsupportedLayerError) as info:
+        bcosify.convert(Bad(), mean=MEAN, std=STD)
+    err = info.value
+    names = [n for n, _, _ in err.nodes]
+    assert names == ["elu", "block.1", "exp"]
+    text = str(err)
+    assert "torch.nn.modules.activation.ELU" in text and "register_module_rule" in text
+    assert "skip_modules" in text
+    assert isinstance(err, BcosifyError)
+    report = bcosify.analyze(Bad(), mean=MEAN, std=STD)
+    assert not report.ok and len(report.unsupported) == 3
+
+
+def test_skip_modules_and_custom_rule_with_mro():
+    class MyBN(nn.BatchNorm2d):
+        pass
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = MyBN(4)
+            self.other = nn.BatchNorm2d(4)
+            self.elu = nn.ELU()
+
+        def forward(self, x):
+            return self.elu(self.other(self.bn(self.conv(x)))).mean((2, 3))
+
+    seen = []
+
+    def rule(module, config):
+        seen.append(type(module))
+        return bnn.UncenteredBatchNorm2d.from_batchnorm(module, keep_bias=config.keep_bias)
+
+    bcosify.register_module_rule(MyBN, rule)
+    try:
+        conv = bcosify.convert(M().eval(), BcosConfig(skip_modules=("elu",)), mean=MEAN, std=STD)
+    finally:
+        from bcosify.fx import rules
+
+        rules._MODULE_RULES.pop(MyBN)
+    assert seen == [MyBN]  # the subclass rule won, the base class used the default rule
+    assert isinstance(conv.bn, bnn.UncenteredBatchNorm2d)
+    assert isinstance(conv.other, bnn.UncenteredBatchNorm2d)
+    assert type(conv.elu) is nn.ELU
+    assert conv.conversion_report.counts()[("skipped", "ELU")] == 1
+    with pytest.raises(BcosifyError, match="nn.Module subclass"):
+        bcosify.register_module_rule(Scale(), rule)
+
+
+def test_untraceable_model_suggests_leaf_modules():
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.branchy = Branchy()
+
+        def forward(self, x):
+            return self.branchy(self.conv(x)).mean((2, 3))
+
+    with pytest.raises(TraceError, match=r"(?s)in branchy.*leaf_modules=\(\"branchy\",\)"):
+        bcosify.convert(M(), mean=MEAN, std=STD)
+    # marking it as a leaf and skipping it converts the rest
+    conv = bcosify.convert(M(), BcosConfig(skip_modules=("branchy",)), mean=MEAN, std=STD)
+    assert isinstance(conv.conv, bnn.BcosConv2d)
+
+
+def test_refuses_converted_and_wrapped_models():
+    model = Idioms().eval()
+    conv = bcosify.convert(model, mean=MEAN, std=STD)
+    with pytest.raises(BcosifyError, match="already a B-cos network"):
+        bcosify.convert(conv)
+    with pytest.raises(BcosifyError, match="model.module"):
+        bcosify.convert(nn.DataParallel(model), mean=MEAN, std=STD)
+    with pytest.raises(BcosifyError, match="nn.Module"):
+        bcosify.convert("resnet50")
+
+
+def test_first_layer_not_foldable_uses_encoded_normalize():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.skip = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return (self.conv(x) + self.skip(F.avg_pool2d(x, 1))).mean((2, 3))
+
+    model = M().eval()
+    conv = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
+    assert conv.conversion_report.counts()[
+        ("inserted", "EncodedNormalize (first layer not foldable)")
+    ] == 1
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert rel_err(conv(x), model(_normalized(x))) <= 1e-5
+
+
+def test_fold_is_bias_free_and_exact_at_borders():
+    conv = nn.Conv2d(3, 4, 5, padding=2, bias=False)
+    model = nn.Sequential(conv, nn.Flatten(1)).eval()
+    out = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
+    x = torch.rand(1, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(out(x), model(_normalized(x)), rtol=1e-5, atol=1e-5)
+    folded = out.get_submodule("0")
+    assert folded.in_channels == 6 and folded.bias is None
+
+
+def test_logit_bias_options():
+    model = Idioms().eval()
+    default = bcosify.convert(model, mean=MEAN, std=STD)
+    layer = [m for m in default.modules() if isinstance(m, bnn.LogitLayer)]
+    assert len(layer) == 1 and abs(layer[0].logit_bias.item() - (-torch.log(torch.tensor(4.0)))) < 1e-6
+    none = bcosify.convert(model, BcosConfig(logit_bias=None), mean=MEAN, std=STD)
+    assert not any(isinstance(m, bnn.LogitLayer) for m in none.modules())
+    assert bcosify.BcosConfig().resolved_logit_bias(1000) == pytest.approx(-6.9068, abs=1e-4)
+
+
+def test_functional_dropout_follows_train_mode():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return F.dropout(self.conv(x), 0.5, training=self.training).mean((2, 3))
+
+    conv = bcosify.convert(M().eval(), mean=MEAN, std=STD)
+    assert any(isinstance(m, nn.Dropout) for m in conv.modules())
+
+
+def test_config_validation():
+    with pytest.raises(BcosifyError, match="activation"):
+        BcosConfig(activation="gelu")
+    with pytest.raises(BcosifyError, match="b must be"):
+        BcosConfig(b=0.5)
+    with pytest.raises(BcosifyError, match="unknown BcosConfig key"):
+        BcosConfig.from_dict({"b": 2, "typo": 1})
+    with pytest.raises(BcosifyError, match=r"\('conv',\)"):
+        BcosConfig(skip_modules="conv")
+    with pytest.raises(Exception):
+        BcosConfig().b = 3  # frozen
+
+
+def test_unknown_preprocessing_warns():
+    with pytest.warns(UserWarning, match="mean=..., std=..."):
+        bcosify.convert(Idioms().eval())

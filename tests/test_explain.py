@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import bcosify
+from bcosify import BcosifyError
+from tests.helpers import MEAN, STD, calibrate
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = bcosify.convert(torchvision.models.resnet18(num_classes=10), mean=MEAN, std=STD)
+    calibrate(m, torch.rand(4, 3, 32, 32))
+    return m
+
+
+def test_batch_equals_single_and_input_untouched(model):
+    x = torch.rand(3, 3, 32, 32)
+    x_copy = x.clone()
+    batch = bcosify.explain(model, x, target=[1, 2, 3])
+    assert torch.equal(x, x_copy) and not x.requires_grad and x.grad is None
+    for i in range(3):
+        single = bcosify.explain(model, x[i], target=i + 1)
+        torch.testing.assert_close(
+            single.contributions[0], batch.contributions[i], rtol=1e-4, atol=1e-6
+        )
+        torch.testing.assert_close(single.logits[0], batch.logits[i], rtol=1e-4, atol=1e-5)
+    assert batch.dynamic_weights.shape == (3, 6, 32, 32)
+    assert batch.contribution_map.shape == (3, 32, 32)
+    assert batch.target.tolist() == [1, 2, 3]
+    assert float(batch.completeness_error.max()) <= 1e-4
+
+
+def test_targets_and_prediction(model):
+    x = torch.rand(2, 3, 32, 32)
+    e = bcosify.explain(model, x)
+    assert torch.equal(e.target, e.logits.argmax(1)) and torch.equal(e.prediction, e.target)
+    e5 = bcosify.explain(model, x, target=5)
+    assert e5.target.tolist() == [5, 5]
+    et = bcosify.explain(model, x, target=torch.tensor([0, 9]))
+    assert et.target.tolist() == [0, 9]
+    # contributions differ per explained class
+    assert not torch.allclose(et.contributions[0], e5.contributions[0])
+
+
+def test_explanation_mode_restored_and_training_flag_kept(model):
+    model.train()
+    bcosify.explain(model, torch.rand(1, 3, 32, 32))
+    assert model.training
+    assert not bcosify.nn.is_explanation_mode(model)
+    model.eval()
+
+
+@pytest.mark.parametrize(
+    "images,target,match",
+    [
+        (torch.rand(1, 4, 32, 32), None, "N x 3 x H x W"),
+        (torch.rand(1, 3, 32, 32) * 4 - 2, None, r"\[0, 1\].*do not normalise"),
+        (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), None, "floats"),
+        (torch.rand(2, 3, 32, 32), 10, r"\[0, 9\]"),
+        (torch.rand(2, 3, 32, 32), [1, 2, 3], "one class per sample"),
+    ],
+)
+def test_bad_input(model, images, target, match):
+    with pytest.raises(BcosifyError, match=match):
+        bcosify.explain(model, images, target=target)
+
+
+def test_not_a_bcos_model():
+    with pytest.raises(BcosifyError, match="bcosify.convert"):
+        bcosify.explain(torchvision.models.resnet18(), torch.rand(1, 3, 32, 32))
+
+
+def test_rgba_and_figures(model, tmp_path):
+    e = bcosify.explain(model, torch.rand(2, 3, 32, 32))
+    rgba = e.to_rgba(smooth=3)
+    assert rgba.shape == (2, 32, 32, 4) and float(rgba.min()) >= 0 and float(rgba.max()) <= 1
+    paths = e.save_figures(tmp_path / "figs", names=["a", "b"], class_names=list("abcdefghij"))
+    assert [p.name for p in paths] == ["a.png", "b.png"]
+    with Image.open(paths[0]) as im:
+        assert im.width > 2 * im.height
