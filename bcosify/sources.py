@@ -351,10 +351,10 @@ def _check_timm_name(name: str, arch: str) -> None:
         try:
             get_pretrained_cfg(arch)
         except RuntimeError as e:
-            tags = timm.list_pretrained(f"{base}.*")
+            tags = [TIMM_PREFIX + t for t in timm.list_pretrained(f"{base}.*")]
             raise ModelSourceError(
-                f"unknown pretrained tag {tag!r} for timm model {base!r}: {e} Available: "
-                f"{', '.join(TIMM_PREFIX + t for t in tags) or 'none'}"
+                f"unknown pretrained tag {tag!r} for timm model {base!r}. Available: "
+                f"{_short_list(tags, 8) if tags else 'none'}"
             ) from e
 
 
@@ -635,7 +635,9 @@ def _load_except_head(
             f"(unexpected differences: {_short_list(bad or sorted(set(target) ^ set(state_dict)))})"
             f"; use weights='none' with num_classes={n_to}"
         )
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in head}, strict=False)
+    kept = {k: v for k, v in state_dict.items() if k not in head}
+    kept = _with_metadata(kept, getattr(state_dict, "_metadata", None))
+    model.load_state_dict(kept, strict=False)
 
 
 def _build_torchvision(

@@ -1,0 +1,237 @@
+"""The ``bcosify`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bcosify.errors import BcosifyError
+
+_EPILOGS = {
+    "convert": """examples:
+  bcosify convert resnet50 --out resnet50-bcos                 # torchvision DEFAULT weights
+  bcosify convert timm/tf_efficientnet_lite0 --weights packaged --out lite0-bcos
+  bcosify convert resnet18 --weights ./resnet18.pth --b 2 --out r18-bcos
+  bcosify convert resnet18 --weights none --b 1 --activation keep --maxpool keep --out r18-b1""",
+    "inspect": """examples:
+  bcosify inspect resnet50
+  bcosify inspect timm/tf_efficientnet_lite0 --activation keep""",
+    "explain": """examples:
+  bcosify explain lite0-bcos cat.jpg dog.png --out explanations
+  bcosify explain lite0-bcos cat.jpg --target 281 --out explanations""",
+    "models": """examples:
+  bcosify models""",
+    "demo": """examples:
+  bcosify demo                       # writes figures to ./bcosify-demo
+  bcosify demo --out /tmp/demo --overwrite""",
+}
+
+
+def _add_conversion_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="torchvision name (resnet50) or timm/<name>")
+    p.add_argument(
+        "--weights",
+        default="DEFAULT",
+        help="DEFAULT (pretrained, from the local cache or a download), none (random), "
+        "packaged (EfficientNet-Lite0 only) or a path to a .pth/.safetensors file",
+    )
+    p.add_argument("--b", type=float, default=2.0, help="the B of the B-cos units (default 2)")
+    p.add_argument("--activation", choices=["remove", "keep"], default="remove")
+    p.add_argument("--maxpool", choices=["avg", "keep"], default="avg")
+    p.add_argument("--keep-bias", action="store_true", help="keep biases (for checks only)")
+    p.add_argument("--num-classes", type=int, default=None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bcosify",
+        description="Turn image classifiers into B-cos networks with exact explanations.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `bcosify COMMAND --help` for the examples of each command",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=_EPILOGS[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = add("convert", "convert a model and write a bcosify model directory")
+    _add_conversion_options(p)
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+
+    p = add("inspect", "print the conversion report without writing anything")
+    _add_conversion_options(p)
+
+    p = add("explain", "explain images with a converted model; one figure per image")
+    p.add_argument("model_dir", help="a directory written by `bcosify convert`")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--target", type=int, default=None, help="class to explain (default: top-1)")
+    p.add_argument("--out", required=True, help="output directory for the figures")
+    p.add_argument("--overwrite", action="store_true", help="replace existing figures")
+
+    add("models", "list the architectures verified to convert")
+
+    p = add("demo", "convert the packaged EfficientNet-Lite0 and explain the packaged photos")
+    p.add_argument("--out", default="bcosify-demo", help="output directory (default bcosify-demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    return parser
+
+
+def _config(args):
+    from bcosify.config import BcosConfig
+
+    return BcosConfig(
+        b=args.b, activation=args.activation, maxpool=args.maxpool, keep_bias=args.keep_bias
+    )
+
+
+def _build_and_convert(args):
+    from tqdm import tqdm
+
+    from bcosify.convert import convert
+    from bcosify.sources import build_model
+
+    config = _config(args)
+    with tqdm(total=2, desc="convert", unit="step", leave=False, disable=None) as bar:
+        bar.set_postfix_str(f"building {args.model}")
+        source = build_model(args.model, args.weights, num_classes=args.num_classes)
+        bar.update()
+        bar.set_postfix_str("tracing and rewriting")
+        model = convert(source, config)
+        bar.update()
+    return source, model
+
+
+def _cmd_convert(args) -> int:
+    from bcosify.io import save
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise BcosifyError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    _, model = _build_and_convert(args)
+    print(model.conversion_report)
+    path = save(model, out, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from bcosify.convert import analyze
+    from bcosify.sources import build_model
+
+    source = build_model(args.model, args.weights, num_classes=args.num_classes)
+    report = analyze(source, _config(args))
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _class_names(num_classes: int) -> list[str] | None:
+    if num_classes != 1000:
+        return None
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.DEFAULT.meta["categories"])
+
+
+def _open_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise BcosifyError(f"image not found: {path}")
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BcosifyError(f"{path} is not an image PIL can read ({exc})") from exc
+
+
+def _top5(logits, names) -> str:
+    values, idx = logits.topk(min(5, logits.numel()))
+    parts = []
+    for v, i in zip(values.tolist(), idx.tolist()):
+        label = names[i] if names else str(i)
+        parts.append(f"{label} ({i}): {v:.2f}")
+    return "; ".join(parts)
+
+
+def _cmd_explain(args) -> int:
+    from tqdm import tqdm
+
+    from bcosify.explain import explain
+    from bcosify.io import load
+
+    images = [_open_image(p) for p in args.images]
+    out = Path(args.out)
+    stems = [Path(p).stem for p in args.images]
+    existing = [out / f"{s}.png" for s in stems if (out / f"{s}.png").exists()]
+    if existing and not args.overwrite:
+        raise BcosifyError(f"{existing[0]} exists; pass --overwrite to replace it")
+    model = load(args.model_dir)
+    names = _class_names(model.bcosify_num_classes)
+    if args.target is not None and not 0 <= args.target < model.bcosify_num_classes:
+        raise BcosifyError(
+            f"--target must lie in [0, {model.bcosify_num_classes - 1}], got {args.target}"
+        )
+    for stem, image in tqdm(list(zip(stems, images)), desc="explain", unit="image", disable=None):
+        x = model.transform(image).unsqueeze(0)
+        e = explain(model, x, target=args.target)
+        (path,) = e.save_figures(out, names=[stem], class_names=names)
+        tqdm.write(f"{stem}: top-5 {_top5(e.logits[0], names)}")
+        tqdm.write(f"  explained class {int(e.target[0])}, figure {path}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from bcosify.models import VERIFIED_MODELS
+
+    print(f"{'model':<32} {'library':<12} family")
+    for name, info in VERIFIED_MODELS.items():
+        print(f"{name:<32} {info['library']:<12} {info['family']}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from bcosify.demo import run_demo
+
+    run_demo(Path(args.out), overwrite=args.overwrite)
+    return 0
+
+
+_COMMANDS = {
+    "convert": _cmd_convert,
+    "inspect": _cmd_inspect,
+    "explain": _cmd_explain,
+    "models": _cmd_models,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bcosify`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        return _COMMANDS[args.command](args)
+    except BcosifyError as exc:
+        first, *rest = str(exc).splitlines() or [""]
+        print(f"bcosify: error: {first}", file=sys.stderr)
+        for line in rest:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bcosify: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

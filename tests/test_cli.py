@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bcosify.cli import main
+from bcosify.models import VERIFIED_MODELS
+
+
+def test_help_has_examples(capsys):
+    for cmd in ["convert", "inspect", "explain", "models", "demo"]:
+        with pytest.raises(SystemExit) as info:
+            main([cmd, "--help"])
+        assert info.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_models_lists_verified(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in VERIFIED_MODELS)
+
+
+def test_inspect_prints_report(capsys):
+    assert main(["inspect", "resnet18", "--weights", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "Conv2d -> BcosConv2d" in out and "removed   ReLU" in out
+
+
+def test_convert_explain_roundtrip(tmp_path, capsys):
+    out = tmp_path / "r18"
+    assert main(["convert", "resnet18", "--weights", "none", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert "B-cos conversion of ResNet" in capsys.readouterr().out
+    # existing output is refused
+    assert main(["convert", "resnet18", "--weights", "none", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    img = tmp_path / "photo.png"
+    Image.fromarray((np.random.rand(40, 50, 3) * 255).astype("uint8")).save(img)
+    figs = tmp_path / "figs"
+    assert main(["explain", str(out), str(img), "--out", str(figs)]) == 0
+    printed = capsys.readouterr().out
+    assert "top-5" in printed and (figs / "photo.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["inspect", "resnet5", "--weights", "none"], "resnet5"),
+        (["explain", "/nonexistent-dir", "/nonexistent.png", "--out", "x"], "not found"),
+        (["convert", "resnet18", "--weights", "/nonexistent.pth", "--out", "x"], "nonexistent"),
+    ],
+)
+def test_bad_input_is_one_clean_error(argv, match, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bcosify: error:") and match in err and "Traceback" not in err
+
+
+def test_not_an_image_and_corrupted_dir(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert main(["explain", str(tmp_path), str(text), "--out", str(tmp_path / "f")]) == 2
+    assert "not an image" in capsys.readouterr().err
+    bad = tmp_path / "model"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    img = tmp_path / "p.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype="uint8")).save(img)
+    assert main(["explain", str(bad), str(img), "--out", str(tmp_path / "f")]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bcosify.cli", "models"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "resnet50" in proc.stdout
+
+
+def test_demo_agrees_with_original(tmp_path, capsys):
+    """Real ImageNet weights: the exact (B=1) conversion keeps the original's top-1 class."""
+    from bcosify.demo import run_demo
+
+    summary = run_demo(tmp_path / "demo")
+    assert summary["total"] >= 5 and summary["agreement"] == summary["total"]
+    assert len(summary["figures"]) == summary["total"]
+    assert max(summary["completeness"]) <= 1e-4
+    with pytest.raises(Exception, match="--overwrite"):
+        run_demo(tmp_path / "demo")
