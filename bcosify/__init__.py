@@ -13,6 +13,7 @@ from bcosify.convert import analyze, convert, is_converted
 from bcosify.errors import BcosifyError, ModelSourceError, TraceError, UnsupportedLayerError
 from bcosify.explain import Explanation, explain, explanation_mode
 from bcosify.fx import KEEP, REMOVE, register_function_rule, register_module_rule
+from bcosify.io import load, save
 from bcosify.report import ConversionReport
 
 __version__ = "0.1.0"
@@ -32,6 +33,8 @@ __all__ = [
     "explain",
     "explanation_mode",
     "is_converted",
+    "load",
     "register_function_rule",
     "register_module_rule",
+    "save",
 ]

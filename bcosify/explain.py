@@ -28,7 +28,9 @@ def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
         ...     bcosify.nn.is_explanation_mode(m)
         True
     """
-    previous = [(m, m.explanation_mode) for m in model.modules() if isinstance(m, bnn.DetachableModule)]
+    previous = [
+        (m, m.explanation_mode) for m in model.modules() if isinstance(m, bnn.DetachableModule)
+    ]
     bnn.set_explanation_mode(model, True)
     try:
         yield model
@@ -173,8 +175,7 @@ def _resolve_target(target, logits: Tensor) -> Tensor:
         t = t.expand(n)
     if t.shape != (n,):
         raise BcosifyError(
-            f"target must be None, an int or one class per sample ({n}); got shape "
-            f"{tuple(t.shape)}"
+            f"target must be None, an int or one class per sample ({n}); got shape {tuple(t.shape)}"
         )
     if bool(((t < 0) | (t >= num_classes)).any()):
         raise BcosifyError(f"target classes must lie in [0, {num_classes - 1}], got {t.tolist()}")

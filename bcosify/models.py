@@ -31,7 +31,11 @@ VERIFIED_MODELS: dict[str, dict] = {
     "inception_v3": {"library": _TV, "family": "Inception v3", "test_size": 80},
     "convnext_tiny": {"library": _TV, "family": "ConvNeXt", "test_size": 64},
     "timm/resnet50": {"library": "timm", "family": "ResNet", "test_size": 64},
-    "timm/tf_efficientnet_lite0": {"library": "timm", "family": "EfficientNet-Lite", "test_size": 64},
+    "timm/tf_efficientnet_lite0": {
+        "library": "timm",
+        "family": "EfficientNet-Lite",
+        "test_size": 64,
+    },
 }
 
 

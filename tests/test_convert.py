@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -231,9 +232,10 @@ def test_first_layer_not_foldable_uses_encoded_normalize():
 
     model = M().eval()
     conv = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
-    assert conv.conversion_report.counts()[
-        ("inserted", "EncodedNormalize (first layer not foldable)")
-    ] == 1
+    assert (
+        conv.conversion_report.counts()[("inserted", "EncodedNormalize (first layer not foldable)")]
+        == 1
+    )
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         assert rel_err(conv(x), model(_normalized(x))) <= 1e-5
@@ -254,7 +256,9 @@ def test_logit_bias_options():
     model = Idioms().eval()
     default = bcosify.convert(model, mean=MEAN, std=STD)
     layer = [m for m in default.modules() if isinstance(m, bnn.LogitLayer)]
-    assert len(layer) == 1 and abs(layer[0].logit_bias.item() - (-torch.log(torch.tensor(4.0)))) < 1e-6
+    assert (
+        len(layer) == 1 and abs(layer[0].logit_bias.item() - (-torch.log(torch.tensor(4.0)))) < 1e-6
+    )
     none = bcosify.convert(model, BcosConfig(logit_bias=None), mean=MEAN, std=STD)
     assert not any(isinstance(m, bnn.LogitLayer) for m in none.modules())
     assert bcosify.BcosConfig().resolved_logit_bias(1000) == pytest.approx(-6.9068, abs=1e-4)
@@ -282,8 +286,8 @@ def test_config_validation():
         BcosConfig.from_dict({"b": 2, "typo": 1})
     with pytest.raises(BcosifyError, match=r"\('conv',\)"):
         BcosConfig(skip_modules="conv")
-    with pytest.raises(Exception):
-        BcosConfig().b = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        BcosConfig().b = 3
 
 
 def test_unknown_preprocessing_warns():

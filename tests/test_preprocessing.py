@@ -156,7 +156,9 @@ def test_from_timm_cfg_errors():
     with pytest.raises(BcosifyError, match="mean/std"):
         Preprocessing.from_timm_cfg({"input_size": (3, 224, 224)})
     with pytest.raises(BcosifyError, match="square"):
-        Preprocessing.from_timm_cfg({"mean": (0.5,) * 3, "std": (0.5,) * 3, "input_size": (3, 8, 9)})
+        Preprocessing.from_timm_cfg(
+            {"mean": (0.5,) * 3, "std": (0.5,) * 3, "input_size": (3, 8, 9)}
+        )
 
 
 def test_from_model():

@@ -1,7 +1,8 @@
 """Conversion rule tables.
 
 A *module rule* maps a module type to a function ``rule(module, config)`` returning a replacement
-module, :data:`KEEP` (leave it) or :data:`REMOVE` (the call becomes the identity on its first input).
+module, :data:`KEEP` (leave it) or :data:`REMOVE` (the call becomes the identity on its first
+input).
 Lookup walks the type's MRO, most specific class first, so a rule for a subclass (timm's
 ``BatchNormAct2d``) wins over its base (``nn.BatchNorm2d``). Every type with a module rule is a leaf
 for the tracer: its ``forward`` is not traced into.
@@ -331,8 +332,7 @@ for _f in RELU_FUNCTIONS:
 @register_function_rule(F.hardtanh)
 def _rule_hardtanh(ctx: RewriteContext, node: torch.fx.Node) -> None:
     lo = node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0)
-    hi = node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0)
-    if lo == 0.0:  # a ReLU6 written as hardtanh
+    if lo == 0.0:  # a capped ReLU (ReLU6 written as hardtanh): the cap is a constant
         _rule_relu(ctx, node)
     else:
         ctx.unsupported(node, "F.hardtanh", "a clipping non-linearity that is not a ReLU6")
@@ -370,7 +370,10 @@ def _rule_max_pool2d(ctx: RewriteContext, node: torch.fx.Node) -> None:
         ctx.record(node, "kept", "max_pool2d")
         return
     pool = nn.AvgPool2d(
-        args["kernel_size"], args.get("stride"), args.get("padding", 0), args.get("ceil_mode", False)
+        args["kernel_size"],
+        args.get("stride"),
+        args.get("padding", 0),
+        args.get("ceil_mode", False),
     )
     ctx.replace_with_module(node, pool, "max_pool2d", inputs=(args["input"],))
 
@@ -471,4 +474,3 @@ def is_gate_target(node: torch.fx.Node, module: nn.Module | None) -> bool:
         return node.target in GATE_FUNCTIONS
     except TypeError:
         return False
-

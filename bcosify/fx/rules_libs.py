@@ -74,4 +74,3 @@ register_module_rule(tla.PReLU, rules._keep)
 for _gate in (tla.Sigmoid, tla.HardSigmoid, tla.Tanh):
     register_module_rule(_gate, rules._keep)
 rules.GATE_MODULES = rules.GATE_MODULES + (tla.Sigmoid, tla.HardSigmoid, tla.Tanh)
-
