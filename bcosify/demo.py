@@ -54,11 +54,21 @@ def run_demo(out: Path, *, overwrite: bool = False) -> dict:
         print(f"{name:<14} {names[a]:<28} {names[b]:<28}{mark}")
     agree = int((original == converted).sum())
     print(f"agreement: {agree}/{len(photos)}")
-    paths, errors = [], []
+    paths, errors, lines = [], [], []
     for i, (name, _) in enumerate(tqdm(photos, desc="explain (B=2)", unit="photo", disable=None)):
         e = explain(bcos, x[i : i + 1], target=int(original[i]))
         errors.append(float(e.completeness_error[0]))
         paths += e.save_figures(out, names=[name], class_names=names)
-    print(f"explanations of the B=2 model (before fine-tuning) written to {out}/")
+        lines.append(
+            f"{name:<14} logit {float(e.explained_logit[0]):+.6f} = pixels "
+            f"{float(e.contributions[0].sum()):+.3e} + constants {float(e.constant_total[0]):+.4f}"
+        )
+    print("\nB=2 model before fine-tuning, explaining the original's class:")
+    print("\n".join(lines))
     print(f"completeness error (max over photos): {max(errors):.2e}")
+    print(
+        "(before fine-tuning the pixels' share of a B=2 logit is tiny: every B-cos unit scales its "
+        "output by |cos|; fine-tuning restores it)"
+    )
+    print(f"figures written to {out}/")
     return {"agreement": agree, "total": len(photos), "completeness": errors, "figures": paths}

@@ -84,10 +84,10 @@ class Explanation:
 
     @property
     def completeness_error(self) -> Tensor:
-        """B: ``|sum(contributions) + constants - logit| / max(|logit|, 1)`` per sample."""
+        """B: ``|sum(contributions) + constants - logit| / |logit|`` per sample."""
         total = self.contributions.flatten(1).sum(1) + self.constant_total
         logit = self.explained_logit
-        return (total - logit).abs() / logit.abs().clamp_min(1.0)
+        return (total - logit).abs() / logit.abs().clamp_min(torch.finfo(logit.dtype).tiny)
 
     def to_rgba(self, smooth: int = 15, percentile: float = 99.5) -> Tensor:
         """B x H x W x 4 colour image of the dynamic weights (see :func:`bcosify.viz.to_rgba`)."""
