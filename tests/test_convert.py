@@ -293,3 +293,31 @@ def test_config_validation():
 def test_unknown_preprocessing_warns():
     with pytest.warns(UserWarning, match="mean=..., std=..."):
         bcosify.convert(Idioms().eval())
+
+
+def test_functional_layers_and_their_biases():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3, 3, 3) * 0.3)
+            self.b = nn.Parameter(torch.randn(4))
+            self.fc_w = nn.Parameter(torch.randn(5, 4) * 0.3)
+            self.fc_b = nn.Parameter(torch.randn(5))
+
+        def forward(self, x):
+            x = F.conv2d(x, self.w, self.b, padding=1)
+            return F.linear(x.mean((2, 3)), self.fc_w, self.fc_b)
+
+    model = M().eval()
+    x = torch.rand(2, 3, 8, 8)
+    eq = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
+    with torch.no_grad():
+        assert rel_err(eq(x), model(_normalized(x))) <= 1e-5
+    conv = bcosify.convert(model, mean=MEAN, std=STD)
+    layers = [m for m in conv.modules() if isinstance(m, (bnn.BcosConv2d, bnn.BcosLinear))]
+    assert len(layers) == 2 and all(m.bias is None for m in layers)
+    counts = conv.conversion_report.counts()
+    assert counts[("replaced", "F.conv2d -> BcosConv2d")] == 1
+    assert counts[("moved", "Linear -> 1x1 BcosConv2d before global pooling")] == 1
+    calibrate(conv, x)
+    assert float(bcosify.explain(conv, x).completeness_error.max()) <= 1e-4

@@ -474,3 +474,53 @@ def is_gate_target(node: torch.fx.Node, module: nn.Module | None) -> bool:
         return node.target in GATE_FUNCTIONS
     except TypeError:
         return False
+
+
+def _rule_functional_layer(kind: str) -> FunctionRule:
+    """``F.linear``/``F.conv2d`` whose weight is a parameter of the model: replaced by a B-cos
+    module that shares the parameter; the bias (module or functional alike) follows keep_bias."""
+    names = {
+        "linear": ["input", "weight", "bias"],
+        "conv2d": ["input", "weight", "bias", "stride", "padding", "dilation", "groups"],
+    }[kind]
+
+    def rule(ctx: RewriteContext, node: torch.fx.Node) -> None:
+        args = dict(zip(names, node.args))
+        args.update(node.kwargs)
+        weight, bias = args.get("weight"), args.get("bias")
+        params = [a for a in (weight, bias) if a is not None]
+        if not all(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in params):
+            ctx.unsupported(
+                node,
+                f"F.{kind}",
+                "a functional layer whose weight is computed at run time; register a rule",
+            )
+            return
+        w = ctx.gm.get_parameter(weight.target)
+        b = ctx.gm.get_parameter(bias.target) if bias is not None else None
+        if kind == "linear":
+            layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+        else:
+            groups = args.get("groups", 1)
+            layer = nn.Conv2d(
+                w.shape[1] * groups,
+                w.shape[0],
+                tuple(w.shape[2:]),
+                args.get("stride", 1),
+                args.get("padding", 0),
+                args.get("dilation", 1),
+                groups,
+                bias=b is not None,
+                device="meta",
+            )
+        layer.weight = w
+        if b is not None:
+            layer.bias = b
+        converted = get_module_rule(type(layer))(layer, ctx.config)
+        ctx.replace_with_module(node, converted, f"F.{kind}", inputs=(args["input"],))
+
+    return rule
+
+
+register_function_rule(F.linear, _rule_functional_layer("linear"))
+register_function_rule(F.conv2d, _rule_functional_layer("conv2d"))
