@@ -15,6 +15,7 @@ from bcosify.explain import Explanation, explain, explanation_mode
 from bcosify.fx import KEEP, REMOVE, register_function_rule, register_module_rule
 from bcosify.io import load, save
 from bcosify.report import ConversionReport
+from bcosify.sources import build_model
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "TraceError",
     "UnsupportedLayerError",
     "analyze",
+    "build_model",
     "convert",
     "explain",
     "explanation_mode",
