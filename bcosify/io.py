@@ -40,6 +40,7 @@ from torch import nn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, ModelSourceError
 from bcosify.preprocessing import Preprocessing
+from bcosify.sources import compare_state_dicts
 
 __all__ = ["save", "load", "FORMAT_VERSION", "WEIGHTS_NAME", "CONFIG_NAME"]
 
@@ -415,13 +416,7 @@ def _source_architecture(
 
 def _load_strict(gm: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
     expected = gm.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k}: saved {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and state_dict[k].shape != expected[k].shape
-    ]
+    missing, unexpected, mismatched = compare_state_dicts(expected, state_dict)
     if missing or unexpected or mismatched:
         parts = []
         for label, items in (

@@ -443,26 +443,32 @@ def _short_list(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def compare_state_dicts(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Keys missing from ``given``, keys ``given`` has in excess, and shape mismatches (as
+    ``"key (file SHAPE, model SHAPE)"``)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [
+        f"{k} (file {tuple(given[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
+    ]
+    return missing, unexpected, mismatched
+
+
 def _load_strict(
     model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, name: str
 ) -> None:
     """Load ``state_dict`` strictly; mismatches raise a ModelSourceError naming ``source``."""
     expected = model.state_dict()
-    mismatched = [
-        f"{k} (file {tuple(v.shape)}, model {tuple(expected[k].shape)})"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    missing: list[str] = []
-    unexpected: list[str] = []
+    missing, unexpected, mismatched = compare_state_dicts(expected, state_dict)
     if not mismatched:
         # strict=False so that BatchNorm's hooks can fill in buffers that old checkpoints lack
         # (num_batches_tracked); everything else missing or unexpected is an error below.
         result = model.load_state_dict(state_dict, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    else:
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
     if mismatched or missing or unexpected:
         lines = [f"the weights in {source} do not match the architecture of {name!r}:"]
         if missing:

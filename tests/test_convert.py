@@ -50,12 +50,18 @@ def _normalized(x):
     return torchvision.transforms.functional.normalize(x, MEAN, STD)
 
 
-def test_idioms_equivalence_and_completeness():
-    model = Idioms().eval()
-    x = torch.rand(2, 3, 16, 16)
+def assert_equivalent(model, x):
+    """The B=1 conversion with biases, ReLU and max pool kept equals the original."""
     eq = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
     with torch.no_grad():
         assert rel_err(eq(x), model(_normalized(x))) <= 1e-5
+    return eq
+
+
+def test_idioms_equivalence_and_completeness():
+    model = Idioms().eval()
+    x = torch.rand(2, 3, 16, 16)
+    assert_equivalent(model, x)
     conv = bcosify.convert(model, mean=MEAN, std=STD)
     counts = conv.conversion_report.counts()
     # the shared module has two call sites, F.relu is in the SE branch (kept), relu_ is a method
@@ -230,15 +236,11 @@ def test_first_layer_not_foldable_uses_encoded_normalize():
         def forward(self, x):
             return (self.conv(x) + self.skip(F.avg_pool2d(x, 1))).mean((2, 3))
 
-    model = M().eval()
-    conv = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
+    conv = assert_equivalent(M().eval(), torch.rand(2, 3, 8, 8))
     assert (
         conv.conversion_report.counts()[("inserted", "EncodedNormalize (first layer not foldable)")]
         == 1
     )
-    x = torch.rand(2, 3, 8, 8)
-    with torch.no_grad():
-        assert rel_err(conv(x), model(_normalized(x))) <= 1e-5
 
 
 def test_fold_is_bias_free_and_exact_at_borders():
@@ -310,9 +312,7 @@ def test_functional_layers_and_their_biases():
 
     model = M().eval()
     x = torch.rand(2, 3, 8, 8)
-    eq = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
-    with torch.no_grad():
-        assert rel_err(eq(x), model(_normalized(x))) <= 1e-5
+    assert_equivalent(model, x)
     conv = bcosify.convert(model, mean=MEAN, std=STD)
     layers = [m for m in conv.modules() if isinstance(m, (bnn.BcosConv2d, bnn.BcosLinear))]
     assert len(layers) == 2 and all(m.bias is None for m in layers)
