@@ -111,8 +111,9 @@ def finetune(
             from ``recipe.model`` (custom architectures). It is given normalised images.
         train_dataset, val_dataset: map-style datasets of ``(PIL image, label)`` pairs used
             instead of ``recipe.data`` folders; the recipe's augmentation is applied.
-        callbacks: objects with optional ``on_step_end(state)`` and
-            ``on_epoch_end(state, metrics)`` methods, called on every process.
+        callbacks: objects with optional ``on_step_end(state, model)`` (after each optimiser
+            step and checkpoint) and ``on_epoch_end(state, metrics)`` methods, called on every
+            process; ``state`` is a :class:`TrainState`, ``model`` the unwrapped model.
 
     Returns:
         A :class:`FinetuneResult` with the fine-tuned (unwrapped, on its device) model.
@@ -181,16 +182,18 @@ class _Run:
             project_config=ProjectConfiguration(
                 project_dir=str(self.out), logging_dir=str(self.out / "logs")
             ),
-            dataloader_config=DataLoaderConfiguration(data_seed=r.train.seed),
+            dataloader_config=DataLoaderConfiguration(
+                use_seedable_sampler=True, data_seed=r.train.seed
+            ),
             step_scheduler_with_optimizer=False,
         )
         checkpoint = self._prepare_output_dir()
         set_seed(r.train.seed)
 
-        student = self._student()
+        train_ds, val_ds = self._datasets()
+        student = self._student(len(class_names(train_ds)) or None)
         self.num_classes = int(student.bcosify_num_classes)
         teacher = self._teacher(student) if r.train.loss == "distill" else None
-        train_ds, val_ds = self._datasets()
         self._check_classes(train_ds)
         self.fixed_images = self._fixed_images(val_ds if val_ds is not None else train_ds)
 
@@ -338,11 +341,14 @@ class _Run:
         acc.wait_for_everyone()
         return checkpoint
 
-    def _student(self) -> nn.Module:
+    def _student(self, data_classes: int | None) -> nn.Module:
         import bcosify
         from bcosify.config import BcosConfig
 
         m = self.recipe.model
+        num_classes = m.num_classes
+        if num_classes is None and data_classes and self.recipe.train.loss != "distill":
+            num_classes = data_classes  # the pretrained head is kept when the counts agree
         if self.user_model is not None:
             if not bcosify.is_converted(self.user_model):
                 raise TrainingError(
@@ -351,7 +357,7 @@ class _Run:
             return self.user_model
         if m.model_dir is not None:
             return bcosify.load(m.model_dir)
-        source = bcosify.build_model(m.source, m.weights, num_classes=m.num_classes)
+        source = bcosify.build_model(m.source, m.weights, num_classes=num_classes)
         try:
             config = BcosConfig.from_dict(m.config)
         except (BcosifyError, TypeError) as e:
@@ -372,7 +378,7 @@ class _Run:
         else:
             source = getattr(student, "bcosify_source", {}) or {}
             name, weights = source.get("name"), source.get("weights")
-            if not name or weights in (None, "file"):
+            if not name or weights in (None, "none", "file"):
                 raise RecipeError(
                     "train.loss distill: the teacher cannot be rebuilt from this model's source "
                     f"({source}); set train.distill.teacher (a model name) and teacher_weights, "
@@ -512,7 +518,8 @@ class _Run:
                 if state.batch_in_epoch:
                     from accelerate import skip_first_batches
 
-                    loader = skip_first_batches(train_loader, state.batch_in_epoch)
+                    skipped = skip_first_batches(train_loader, state.batch_in_epoch)
+                    loader = _keep_rng(skipped, _rng_state())
                 if not self._epoch(loader, mixup, bar, self.batches_per_epoch):
                     self._end_epoch(val_loader, partial=True)  # max_steps inside an epoch
                     break
@@ -588,7 +595,7 @@ class _Run:
                 self._checkpoint()  # (the epoch end writes its own)
             for cb in self.callbacks:
                 if hasattr(cb, "on_step_end"):
-                    cb.on_step_end(state)
+                    cb.on_step_end(state, acc.unwrap_model(model))
             if self._done() and (batches is None or state.batch_in_epoch < batches):
                 return False
             if self._done():
@@ -739,6 +746,45 @@ class _Run:
 
 
 # ---------------------------------------------------------------------------- helpers
+def _rng_state() -> tuple:
+    import random
+
+    import numpy as np
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    import random
+
+    import numpy as np
+
+    py, np_state, cpu, cuda = state
+    random.setstate(py)
+    np.random.set_state(np_state)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _keep_rng(loader, state: tuple):
+    """Iterate ``loader`` but undo the global-RNG draws of starting it.
+
+    Starting a DataLoader iterator draws its worker base seed from the global RNG. The
+    uninterrupted run made that draw at the start of the epoch, before the checkpoint that a
+    resumed run restores, so the resumed run must not make it again, or dropout and mixup would
+    draw different numbers from then on.
+    """
+    it = iter(loader)
+    first = next(it, None)
+    _set_rng_state(state)
+    if first is None:
+        return
+    yield first
+    yield from it
+
+
 def _target_b(model: nn.Module) -> list[tuple[nn.Module, float]]:
     units = (bnn.BcosConv2d, bnn.BcosLinear)
     return [(m, float(m.b)) for m in model.modules() if isinstance(m, units)]
