@@ -175,7 +175,12 @@ class _Run:
 
         r = self.recipe
         trackers = self._trackers()
+        # Several processes without a GPU (torchrun on CPUs): Accelerate needs cpu=True to set
+        # up its gloo process group instead of running each process alone.
+        multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        cpu = r.train.cpu or (multi_process and not torch.cuda.is_available())
         self.accelerator = acc = Accelerator(
+            cpu=cpu,
             mixed_precision=r.train.mixed_precision,
             gradient_accumulation_steps=r.train.grad_accum_steps,
             log_with=trackers or None,
@@ -734,8 +739,8 @@ class _Run:
         if acc.is_main_process:
             bcosify.save(model, model_dir, overwrite=True)
             _plot_curves(self.state.history, self.out / "curves.png")
-        acc.end_training()
         acc.wait_for_everyone()
+        acc.end_training()  # closes the trackers and the process group
         return FinetuneResult(
             model=model.eval(),
             output_dir=self.out,

@@ -150,6 +150,7 @@ class TrainSection:
     grad_accum_steps: int = 1
     agc: float | None = None  # adaptive gradient clipping factor (0.01 in the papers)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    cpu: bool = False  # run on the CPU even when a GPU is present
     b_ramp_steps: int = 0  # ramp B linearly from 1 to the model's B over this many steps
     # Re-estimate BatchNorm running variances on this many training batches before the first
     # step. The conversion changes every layer's output scale, so the source model's running

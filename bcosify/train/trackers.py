@@ -21,8 +21,9 @@ class CSVTracker(GeneralTracker):
     name = "csv"
     requires_logging_directory = True
 
-    @on_main_process
     def __init__(self, run_name: str, logging_dir: str | os.PathLike[str]):
+        # No @on_main_process here: it would set up Accelerate's process state before the
+        # Accelerator that uses this tracker, with the wrong options.
         super().__init__()
         self.path = Path(logging_dir) / "metrics.csv"
         self.rows: list[dict] = []
