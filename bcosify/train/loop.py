@@ -42,7 +42,7 @@ from bcosify.train.data import (
     eval_transform,
 )
 from bcosify.train.losses import BCEWithOffTargets, DistillationLoss, SoftCrossEntropy
-from bcosify.train.recipe import Recipe, RecipeError, load_recipe
+from bcosify.train.recipe import MODEL_CHOICE, Recipe, RecipeError, load_recipe
 
 __all__ = ["finetune", "FinetuneResult", "TrainState", "TrainingError", "latest_checkpoint"]
 
@@ -362,6 +362,8 @@ class _Run:
             return self.user_model
         if m.model_dir is not None:
             return bcosify.load(m.model_dir)
+        if m.source is None:
+            raise RecipeError(MODEL_CHOICE)
         source = bcosify.build_model(m.source, m.weights, num_classes=num_classes)
         try:
             config = BcosConfig.from_dict(m.config)

@@ -35,6 +35,12 @@ __all__ = [
 ]
 
 
+MODEL_CHOICE = (
+    "model: give exactly one of model.source (a model name to convert, e.g. resnet50) and "
+    "model.model_dir (a directory from `bcosify convert`)"
+)
+
+
 class RecipeError(BcosifyError, ValueError):
     """A recipe that cannot be used: unknown key, wrong type, missing file, inconsistent values."""
 
@@ -211,11 +217,8 @@ class Recipe:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         m, d, o, t = self.model, self.data, self.optim, self.train
-        if (m.source is None) == (m.model_dir is None):
-            raise RecipeError(
-                "model: give exactly one of model.source (a model name to convert, e.g. "
-                "resnet50) and model.model_dir (a directory from `bcosify convert`)"
-            )
+        if m.source is not None and m.model_dir is not None:
+            raise RecipeError(MODEL_CHOICE)
         if m.model_dir is not None and (m.config or m.num_classes is not None):
             raise RecipeError(
                 "model.config and model.num_classes apply when converting model.source; a "

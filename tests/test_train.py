@@ -1,0 +1,426 @@
+"""Fine-tuning: recipes, data, losses, the loop, checkpoints, resume after SIGKILL, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import bcosify
+from bcosify import nn as bnn
+from bcosify.cli import main
+from bcosify.train import (
+    BCEWithOffTargets,
+    DistillationLoss,
+    Recipe,
+    RecipeError,
+    SoftCrossEntropy,
+    TrainingError,
+    finetune,
+    latest_checkpoint,
+    load_recipe,
+)
+from bcosify.train.data import SeededDataset, build_datasets, train_transform
+from bcosify.train.recipe import DataSection
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny-cpu.yaml"
+WORKER = Path(__file__).resolve().parent / "train_worker.py"
+FAST = ["log.explain_images=0", "log.trackers=[csv]"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """4 classes (crops of 4 real photos), 8 training and 3 validation images each, 48 px."""
+    from bcosify.sources import demo_photos
+
+    rng = random.Random(0)
+    root = tmp_path_factory.mktemp("images")
+    for name, image in demo_photos()[:4]:
+        for split, count in (("train", 8), ("val", 3)):
+            (root / split / name).mkdir(parents=True)
+            for k in range(count):
+                w, h = image.size
+                s = min(w, h) // 2
+                x, y = rng.randint(0, w - s), rng.randint(0, h - s)
+                crop = image.crop((x, y, x + s, y + s)).resize((48, 48))
+                crop.save(root / split / name / f"{k}.png")
+    return root
+
+
+def _env() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _worker(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(WORKER), *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------- recipes
+def test_shipped_recipes_are_valid():
+    names = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
+    assert {"imagenet-resnet18.yaml", "imagenet-resnet50.yaml", "imagenet-densenet121.yaml"} <= set(
+        names
+    )
+    assert {"imagenet-vit-s.yaml", "custom-imagefolder.yaml", "tiny-cpu.yaml"} <= set(names)
+    for name in names:
+        recipe = load_recipe(ROOT / "recipes" / name)
+        assert recipe.model.source
+    r50 = load_recipe(ROOT / "recipes" / "imagenet-resnet50.yaml")
+    assert (r50.optim.name, r50.optim.lr, r50.optim.weight_decay) == ("adamw", 1e-4, 0.0)
+    assert (r50.train.epochs, r50.train.agc, r50.train.loss) == (90, 0.01, "bce")
+    assert (r50.optim.schedule_unit, r50.data.batch_size, r50.data.eval_resize) == (
+        "epoch",
+        64,
+        256,
+    )
+    vit = load_recipe(ROOT / "recipes" / "imagenet-vit-s.yaml")
+    assert (vit.optim.name, vit.optim.lr, vit.optim.warmup_steps) == ("adam", 1e-3, 10000)
+    assert (vit.data.augment.mixup, vit.data.augment.randaugment) == (0.2, "rand-m10-n2")
+
+
+def test_recipe_errors_name_the_key():
+    with pytest.raises(RecipeError, match="did you mean train.epochs"):
+        load_recipe(TINY, ["train.epocs=3"])
+    with pytest.raises(RecipeError, match="optim.lr must be a number"):
+        load_recipe(TINY, ["optim.lr=fast"])
+    with pytest.raises(RecipeError, match="train.loss must be one of"):
+        load_recipe(TINY, ["train.loss=hinge"])
+    with pytest.raises(RecipeError, match="exactly one of model.source"):
+        Recipe.from_dict({"model": {"source": "resnet18", "model_dir": "x"}})
+    with pytest.raises(RecipeError, match="key=value"):
+        load_recipe(TINY, ["train.epochs"])
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe("no-such-recipe.yaml")
+
+
+def test_recipe_overrides_and_yaml_round_trip():
+    r = load_recipe(TINY, ["train.epochs=5", "data.augment.scale=[0.3, 1.0]", "train.agc=null"])
+    assert r.train.epochs == 5 and r.data.augment.scale == [0.3, 1.0] and r.train.agc is None
+    import yaml
+
+    assert Recipe.from_dict(yaml.safe_load(r.to_yaml())) == r
+
+
+# ---------------------------------------------------------------------------- losses, data
+def test_bce_uses_off_targets_one_over_c():
+    logits = torch.randn(3, 5)
+    labels = torch.tensor([0, 2, 4])
+    target = torch.full((3, 5), 0.2)
+    target[torch.arange(3), labels] = 1.0
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    torch.testing.assert_close(BCEWithOffTargets(5)(logits, labels), expected)
+    # Soft targets (mixup) get the same floor.
+    soft = torch.nn.functional.one_hot(labels, 5).float() * 0.6
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, soft.clamp_min(0.2))
+    torch.testing.assert_close(BCEWithOffTargets(5)(logits, soft), expected)
+
+
+def test_cross_entropy_and_distillation():
+    logits = torch.randn(4, 6)
+    labels = torch.tensor([1, 0, 5, 2])
+    onehot = torch.nn.functional.one_hot(labels, 6).float()
+    torch.testing.assert_close(
+        SoftCrossEntropy()(logits, onehot), SoftCrossEntropy()(logits, labels)
+    )
+    distill = DistillationLoss(temperature=2.0)
+    assert float(distill(logits, logits + 3.0)) == pytest.approx(0.0, abs=1e-6)  # shift-invariant
+    assert float(distill(logits, torch.randn(4, 6))) > 0
+
+
+def test_seeded_augmentation_depends_only_on_seed_epoch_index():
+    image = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())
+    ds = SeededDataset([(image, 0)] * 3, train_transform(DataSection(image_size=16)), seed=1)
+    first = ds[1][0]
+    torch.manual_seed(123)  # the global RNG plays no role
+    torch.testing.assert_close(ds[1][0], first, rtol=0, atol=0)
+    assert not torch.equal(ds[2][0], first)  # another index, another crop
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], first)  # another epoch, another crop
+
+
+def test_data_errors(tmp_path, folder):
+    with pytest.raises(RecipeError, match="not a directory"):
+        build_datasets(DataSection(train=str(tmp_path / "missing")))
+    with pytest.raises(RecipeError, match="no train/ folder"):
+        build_datasets(DataSection(root=str(tmp_path)))
+    with pytest.raises(RecipeError, match="data.root"):
+        build_datasets(DataSection())
+    train, val = build_datasets(DataSection(root=str(folder), image_size=32))
+    assert len(train) == 32 and len(val) == 12
+    assert train[0][0].shape == (3, 32, 32) and 0 <= float(train[0][0].min())
+
+
+def test_hf_imagefolder_backend(folder):
+    train, val = build_datasets(
+        DataSection(root=str(folder), image_size=32, backend="hf-imagefolder")
+    )
+    assert len(train) == 32 and len(val) == 12
+    image, label = train[5]
+    assert image.shape == (3, 32, 32) and 0 <= label < 4
+
+
+# ---------------------------------------------------------------------------- the loop
+class _Recorder:
+    def __init__(self):
+        self.b = []
+
+    def on_step_end(self, state, model):
+        unit = next(m for m in model.modules() if isinstance(m, bnn.BcosConv2d))
+        self.b.append((state.global_step, unit.b))
+
+
+def test_finetune_end_to_end(tmp_path, folder):
+    recorder = _Recorder()
+    out = tmp_path / "run"
+    result = finetune(
+        TINY,
+        [f"data.root={folder}", f"output={out}", "train.b_ramp_steps=4", "log.explain_images=2"],
+        callbacks=[recorder],
+    )
+    assert result.global_step == 8
+    for name in ("recipe.yaml", "metrics.json", "curves.png", "logs/metrics.csv"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "explanations").iterdir()) == ["epoch_001", "epoch_002"]
+    assert len(list((out / "explanations" / "epoch_002").glob("*.png"))) == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert {"val/loss", "val/top1", "val/top4", "lr"} <= set(metrics[-1])
+    assert load_recipe(out / "recipe.yaml").data.root == str(folder)
+    # B ramps linearly from 1 to 2 over 4 steps, then stays at 2.
+    assert recorder.b == [
+        (1, 1.25),
+        (2, 1.5),
+        (3, 1.75),
+        (4, 2.0),
+        (5, 2.0),
+        (6, 2.0),
+        (7, 2.0),
+        (8, 2.0),
+    ]
+    # Checkpoints: the last two kept, each complete.
+    assert latest_checkpoint(out).name == "step_00000008"
+    assert len(list((out / "checkpoints").iterdir())) == 2
+    # The saved model is the trained one and explains exactly.
+    loaded = bcosify.load(out / "model")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.model(x))
+    assert float(bcosify.explain(loaded, x).completeness_error.max()) < 1e-4
+    # Training moved the weights and lowered the training loss.
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    losses = [float(r.split(",")[1]) for r in rows[1:] if r.split(",")[1]]
+    assert len(losses) == 8 and min(losses[-3:]) < losses[0]
+
+
+def test_output_directory_is_never_overwritten_silently(tmp_path, folder):
+    out = tmp_path / "run"
+    args = [f"data.root={folder}", f"output={out}", "train.max_steps=1", *FAST]
+    finetune(TINY, args)
+    before = (out / "model" / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="--overwrite"):
+        finetune(TINY, args)
+    assert (out / "model" / "model.safetensors").read_bytes() == before
+    finetune(TINY, [*args, "train.seed=1"], overwrite=True)
+    assert (out / "model" / "model.safetensors").read_bytes() != before
+    # A directory that is not a run is never deleted, even with overwrite.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(TrainingError, match="refusing"):
+        finetune(TINY, [f"data.root={folder}", f"output={other}", *FAST], overwrite=True)
+    assert (other / "notes.txt").read_text() == "keep me"
+    with pytest.raises(TrainingError, match="no complete checkpoint"):
+        finetune(TINY, [f"data.root={folder}", f"output={tmp_path / 'new'}", *FAST], resume=True)
+
+
+class _Diverge:
+    """Makes the weights non-finite after step 2, as a diverging run would."""
+
+    def on_step_end(self, state, model):
+        if state.global_step == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, folder):
+    out = tmp_path / "run"
+    overrides = [f"data.root={folder}", f"output={out}", "train.checkpoint_every_steps=1", *FAST]
+    with pytest.raises(TrainingError, match=r"loss became nan .*step_00000002.*--resume"):
+        finetune(TINY, overrides, callbacks=[_Diverge()])
+    last = latest_checkpoint(out)
+    assert last.name == "step_00000002"
+    weights = load_file(str(last / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    # The run goes on from there.
+    result = finetune(TINY, overrides, resume=True)
+    assert result.global_step == 8
+
+
+def test_distillation_needs_no_labels(tmp_path, folder):
+    out = tmp_path / "run"
+    result = finetune(
+        TINY,
+        [
+            f"data.root={folder}",
+            f"output={out}",
+            "train.loss=distill",
+            "model.num_classes=null",
+            "train.max_steps=3",
+            "data.augment.randaugment=rand-m9-n2",
+            *FAST,
+        ],
+    )
+    assert result.global_step == 3
+    assert result.model.bcosify_num_classes == 1000  # the source's head, the teacher's classes
+    assert "val/loss" in json.loads((out / "metrics.json").read_text())[-1]
+
+
+def test_custom_model_and_teacher_from_python(tmp_path):
+    from bcosify.sources import demo_photos
+
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    ).eval()
+    model = bcosify.convert(source, mean=(0.5,) * 3, std=(0.5,) * 3)
+    photos = [(image, i % 3) for i, (_, image) in enumerate(demo_photos())]
+    teacher_before = [p.detach().clone() for p in source.parameters()]
+    student_before = [p.detach().clone() for p in model.parameters()]
+    result = finetune(
+        {
+            "data": {"image_size": 32, "batch_size": 2, "num_workers": 0},
+            "train": {"epochs": 1, "loss": "distill"},
+            "output": str(tmp_path / "r"),
+            "log": {"trackers": ["csv"], "explain_images": 1},
+        },
+        model=model,
+        teacher=source,
+        train_dataset=photos,
+        val_dataset=photos[:2],
+    )
+    assert result.global_step == 3
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), teacher_before))
+    assert not all(torch.equal(a, b) for a, b in zip(result.model.parameters(), student_before))
+    assert (tmp_path / "r" / "explanations" / "epoch_001" / "image_0.png").is_file()
+
+
+# ---------------------------------------------------------------------------- processes
+def test_resume_after_sigkill_gives_the_uninterrupted_weights(tmp_path, folder):
+    """SIGKILL mid-epoch (after step 7 of 8, last checkpoint at step 6), then --resume: the final
+    weights equal those of an uninterrupted run bit for bit. MobileNetV3 has dropout and the
+    recipe RandAugment, so the global and the per-sample RNG streams are both exercised."""
+    common = ["model.source=mobilenet_v3_small", "data.augment.randaugment=rand-m9-n2", *FAST]
+    ref = _worker(str(TINY), str(tmp_path / "ref"), str(folder), *common)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    killed = _worker(str(TINY), str(run), str(folder), "--kill-after-step", "7", *common)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert latest_checkpoint(run).name == "step_00000006"
+    assert not (run / "model").exists()
+
+    resumed = _worker(str(TINY), str(run), str(folder), "--resume", *common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a, b = _weights(tmp_path / "ref"), _weights(run)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(
+        (tmp_path / "ref" / "metrics.json").read_text()
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_gloo(tmp_path, folder):
+    """torchrun, 2 CPU processes: both ranks end with identical weights, metrics logged once."""
+    out, digests = tmp_path / "run", tmp_path / "digests"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(WORKER),
+        str(TINY),
+        str(out),
+        str(folder),
+        "--digest-dir",
+        str(digests),
+        "data.batch_size=4",
+        *FAST,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = sorted(p.name for p in digests.iterdir())
+    assert ranks == ["rank0.txt", "rank1.txt"]
+    assert (digests / "rank0.txt").read_text() == (digests / "rank1.txt").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    # 32 images, 4 per process and step, 2 processes: 4 steps per epoch, each logged once.
+    steps = [r.split(",")[0] for r in (out / "logs" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3", "4", "4", "5", "6", "7", "8", "8"]  # train rows + 2 val rows
+    assert metrics[-1]["step"] == 8
+    assert proc.stdout.count("epoch 2:") == 1
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_finetune(tmp_path, folder, capsys):
+    out = tmp_path / "run"
+    args = [
+        "finetune",
+        str(TINY),
+        "--data.root",
+        str(folder),
+        "--output",
+        str(out),
+        "--train.max_steps=2",
+        "--log.explain_images",
+        "0",
+    ]
+    assert main(args) == 0
+    assert (out / "model" / "config.json").is_file()
+    assert "fine-tuned model written to" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert main(["finetune", str(TINY), "--train.epocs", "2"]) == 2
+    assert "did you mean train.epochs" in capsys.readouterr().err
+    assert main(["finetune", str(TINY), "--train.epochs"]) == 2
+    assert "needs a value" in capsys.readouterr().err
