@@ -36,7 +36,8 @@ every recipe key can be overridden: --section.key VALUE (or --section.key=VALUE)
 YAML (3, 1e-4, null, true, "[0.5, 1.0]"). The resolved recipe is saved in the output directory.""",
     "demo": """examples:
   bcosify demo                       # writes figures to ./bcosify-demo
-  bcosify demo --out /tmp/demo --overwrite""",
+  bcosify demo --out /tmp/demo --overwrite
+  bcosify demo --finetune-steps 0   # conversion and explanations only""",
 }
 
 
@@ -98,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     p = add("demo", "convert the packaged EfficientNet-Lite0 and explain the packaged photos")
     p.add_argument("--out", default="bcosify-demo", help="output directory (default bcosify-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=80,
+        help="distillation steps after the conversion (default 80, a few minutes; 0 skips it)",
+    )
     return parser
 
 
@@ -252,7 +259,9 @@ def _cmd_finetune(args, extra: Sequence[str]) -> int:
 def _cmd_demo(args) -> int:
     from bcosify.demo import run_demo
 
-    run_demo(Path(args.out), overwrite=args.overwrite)
+    if args.finetune_steps < 0:
+        raise BcosifyError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    run_demo(Path(args.out), overwrite=args.overwrite, finetune_steps=args.finetune_steps)
     return 0
 
 

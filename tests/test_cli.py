@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import bcosify
 from bcosify.cli import main
 from bcosify.models import VERIFIED_MODELS
 
 
 def test_help_has_examples(capsys):
-    for cmd in ["convert", "inspect", "explain", "models", "demo"]:
+    for cmd in ["convert", "inspect", "explain", "models", "demo", "finetune"]:
         with pytest.raises(SystemExit) as info:
             main([cmd, "--help"])
         assert info.value.code == 0
@@ -86,9 +87,13 @@ def test_demo_agrees_with_original(tmp_path, capsys):
     """Real ImageNet weights: the exact (B=1) conversion keeps the original's top-1 class."""
     from bcosify.demo import run_demo
 
-    summary = run_demo(tmp_path / "demo")
+    summary = run_demo(tmp_path / "demo", finetune_steps=2)
     assert summary["total"] >= 5 and summary["agreement"] == summary["total"]
     assert len(summary["figures"]) == summary["total"]
     assert max(summary["completeness"]) <= 1e-4
+    # The distillation part runs (2 steps here; 80 in the demo) and writes a loadable model.
+    tuned = summary["finetune"]
+    assert tuned["steps"] == 2 and tuned["views"] == 24 and 0 <= tuned["after"] <= 24
+    assert bcosify.load(tuned["model_dir"]).bcosify_num_classes == 1000
     with pytest.raises(Exception, match="--overwrite"):
-        run_demo(tmp_path / "demo")
+        run_demo(tmp_path / "demo", finetune_steps=0)

@@ -424,3 +424,77 @@ def test_cli_finetune(tmp_path, folder, capsys):
     assert "did you mean train.epochs" in capsys.readouterr().err
     assert main(["finetune", str(TINY), "--train.epochs"]) == 2
     assert "needs a value" in capsys.readouterr().err
+
+
+def test_training_options_together(tmp_path, folder):
+    """SGD with warmup, AGC, gradient accumulation, bf16 autocast, EMA, cross-entropy, mixup and
+    TensorBoard in one short run."""
+    out = tmp_path / "run"
+    result = finetune(
+        TINY,
+        [
+            f"data.root={folder}",
+            f"output={out}",
+            "optim.name=sgd",
+            "optim.lr=0.01",
+            "optim.warmup_steps=4",
+            "optim.schedule=constant",
+            "train.agc=0.01",
+            "train.grad_accum_steps=2",
+            "train.mixed_precision=bf16",
+            "train.ema_decay=0.9",
+            "train.loss=ce",
+            "data.augment.mixup=0.2",
+            "train.max_steps=3",
+            "log.trackers=[csv, tensorboard]",
+            "log.explain_images=0",
+        ],
+    )
+    assert result.global_step == 3
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    lrs = [float(r.split(",")[header.index("train/lr")]) for r in rows[1:4]]
+    # logged after each step: the lr of the next one, warming up over 4 steps (1/4 for the first)
+    assert lrs == pytest.approx([0.005, 0.0075, 0.01])
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    # The saved model is the EMA, not the raw weights.
+    saved = bcosify.load(out / "model")
+    assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), result.model.parameters()))
+
+
+def test_finetune_a_saved_model_dir(tmp_path, folder):
+    source = bcosify.build_model("resnet18", weights="none", num_classes=4)
+    bcosify.save(bcosify.convert(source), tmp_path / "converted")
+    out = tmp_path / "run"
+    result = finetune(
+        TINY,
+        [
+            "model.source=null",
+            f"model.model_dir={tmp_path / 'converted'}",
+            "model.num_classes=null",
+            f"data.root={folder}",
+            f"output={out}",
+            "train.max_steps=2",
+            *FAST,
+        ],
+    )
+    assert result.global_step == 2 and result.model.bcosify_num_classes == 4
+    with pytest.raises(RecipeError, match="label is 7 but the model has 4 outputs"):
+        finetune(
+            TINY,
+            [
+                "model.source=null",
+                f"model.model_dir={tmp_path / 'converted'}",
+                "model.num_classes=null",
+                f"data.root={folder}",
+                f"output={tmp_path / 'r2'}",
+                "train.loss=bce",
+                *FAST,
+            ],
+            train_dataset=[(Image.new("RGB", (8, 8)), i) for i in range(8)],
+        )
+
+
+def test_hub_dataset_offline_error():
+    with pytest.raises(RecipeError, match="could not load the hub dataset"):
+        build_datasets(DataSection(backend="hf", hf_name="no-such-user/no-such-dataset"))

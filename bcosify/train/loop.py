@@ -550,6 +550,8 @@ class _Run:
         seen, t0, running = 0, time.perf_counter(), []
         for images, labels in loader:
             with acc.accumulate(model):
+                if self.teacher is None:
+                    self._check_labels(labels)
                 if mixup is not None:
                     images, labels = mixup(images, labels)
                 logits = model(images)
@@ -610,6 +612,18 @@ class _Run:
         state.epoch += 1
         state.batch_in_epoch = 0
         return True
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        if labels.dim() != 1:
+            return  # soft targets from mixup, built from checked labels
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.num_classes:
+            bad = high if high >= self.num_classes else low
+            raise RecipeError(
+                f"a training label is {bad} but the model has {self.num_classes} outputs (classes "
+                f"0..{self.num_classes - 1}); convert the source with model.num_classes: "
+                f"{max(high + 1, self.num_classes)} or fix the labels"
+            )
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         acc = self.accelerator
