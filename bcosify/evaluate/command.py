@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             raise BcosifyError(f"--{flag.replace('_', '-')} must be >= 1")
     if args.workers < 0 or args.figure_grids < 0:
         raise BcosifyError("--workers and --figure-grids must be >= 0")
+    wanted = _baseline_names(args.baselines)
+    window = _window(args.window)
     device = _device(args.device)
     model, kind = _main_model(args, device)
     num_classes = _num_classes(model)
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     class_map = _class_map(model, num_classes, data)
     original = _original(args, model, kind, num_classes, device)
     if args.gridpg:
-        return _run_gridpg(args, out, model, kind, original, data, class_map, pre)
+        return _run_gridpg(args, out, model, kind, original, data, class_map, pre, wanted, window)
     return _run_accuracy(args, out, model, kind, original, data, class_map)
 
 
@@ -281,20 +283,25 @@ def _window(value: str):
     return size
 
 
-def _baselines(args, original, pre) -> list:
-    from bcosify.evaluate import baselines as B
+def _baseline_names(value: str | None) -> list[str]:
+    from bcosify.evaluate.baselines import BASELINES
 
-    if not args.baselines:
+    if value is None:
         return []
-    wanted = [s.strip() for s in args.baselines.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in B.BASELINES]
+    wanted = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in BASELINES]
     if unknown or not wanted:
         raise BcosifyError(
-            f"--baselines takes a comma-separated list of {', '.join(B.BASELINES)}, got "
-            f"{args.baselines!r}"
+            f"--baselines takes a comma-separated list of {', '.join(BASELINES)}, got {value!r}"
         )
+    return list(dict.fromkeys(wanted))
+
+
+def _baselines(args, wanted: list[str], original, pre) -> list:
+    from bcosify.evaluate import baselines as B
+
     methods = []
-    for key in dict.fromkeys(wanted):
+    for key in wanted:
         if key == "ixg":
             methods.append(B.input_x_gradient(original))
         elif key == "ig":
@@ -310,16 +317,17 @@ def _baselines(args, original, pre) -> list:
     return methods
 
 
-def _run_gridpg(args, out: Path, model, kind, original, data, class_map, pre) -> int:
-    from bcosify.evaluate.baselines import bcos_explainer
+def _run_gridpg(
+    args, out: Path, model, kind, original, data, class_map, pre, wanted, window
+) -> int:
+    from bcosify.evaluate.baselines import BASELINES, bcos_explainer
     from bcosify.evaluate.data import model_categories
     from bcosify.evaluate.gridpg import grid_pointing_game
 
     if kind == "original":
-        args.baselines = args.baselines or "ixg,ig,gradcam"
-        methods = _baselines(args, model, pre)
+        methods = _baselines(args, wanted or list(BASELINES), model, pre)
     else:
-        methods = [bcos_explainer(model)] + _baselines(args, original, pre)
+        methods = [bcos_explainer(model)] + _baselines(args, wanted, original, pre)
     result = grid_pointing_game(
         model,
         data,
@@ -330,7 +338,7 @@ def _run_gridpg(args, out: Path, model, kind, original, data, class_map, pre) ->
         confidence=args.confidence,
         threshold=args.threshold,
         smooth=args.smooth,
-        window=_window(args.window),
+        window=window,
         stride=args.stride,
         batch_size=args.batch_size,
         num_workers=args.workers,
@@ -339,13 +347,13 @@ def _run_gridpg(args, out: Path, model, kind, original, data, class_map, pre) ->
     )
     n = _num_classes(model)
     cats = model_categories(model, n)
-    names = cats.get("categories") or cats.get("descriptions")
+    names = cats.get("categories") or [d.split(",")[0] for d in cats.get("descriptions", [])]
     result.settings.update(
         {"model": args.model, "kind": kind, "data": str(args.data), "threshold": args.threshold}
     )
     if original is not None:
         result.settings["original"] = original.bcosify_source
-    paths = result.save(out, overwrite=args.overwrite, class_names=names)
+    paths = result.save(out, overwrite=args.overwrite, class_names=names or None)
     pool = result.pool
     print(
         f"pool: {pool['confident']} of {pool['images']} images correct with {pool['confidence']} "

@@ -243,6 +243,17 @@ def make_loader(data: Any, batch_size: int, num_workers: int) -> Any:
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise BcosifyError(f"num_workers must be an int >= 0, got {num_workers!r}")
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        if len(data) > 0:
+            first = data[0]
+            if not isinstance(first, (tuple, list)) or len(first) < 2:
+                raise BcosifyError(
+                    f"the dataset must yield (image, label) pairs, got {type(first).__name__}"
+                )
+            if not isinstance(first[0], Tensor) or first[0].dim() != 3:
+                raise BcosifyError(
+                    "dataset images must be C x H x W tensors: give the dataset a transform "
+                    f"ending in ToTensor(), e.g. model.transform; got {type(first[0]).__name__}"
+                )
         return DataLoader(
             data,
             batch_size=batch_size,

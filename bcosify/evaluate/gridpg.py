@@ -707,7 +707,7 @@ def grid_pointing_game(
     cells = grid_size * grid_size
     if not grids:
         raise BcosifyError(
-            f"only {len(pool.by_class)} classes have a correctly classified image with "
+            f"only {len(pool.by_class)} class(es) have a correctly classified image with "
             f"{pool.confidence} confidence > {pool.threshold} ({pool.n_correct} of "
             f"{pool.n_images} images are correct); a {grid_size}x{grid_size} grid needs {cells} "
             "distinct classes: use more images or classes, a smaller grid (grid_size / "
