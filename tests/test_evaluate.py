@@ -243,3 +243,11 @@ def test_cli_accuracy_of_an_original_model(saved, capsys):
     assert row["kind"] == "original" and row["n"] == 6 and row["k5"] == 4
     assert "resnet18" in capsys.readouterr().out
     assert AccuracyResult(0, 0, 0).top1 == 0.0
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--gridpg" in out and "--baselines" in out

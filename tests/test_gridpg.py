@@ -271,3 +271,29 @@ def test_converted_model_end_to_end_scores_in_unit_interval(tmp_path):
     pool = ImagePool(first, {}, len(data), len(data), "sigmoid", 0.0)
     again = grid_pointing_game(model, data, grid_size=2, n_grids=1, pool=pool, progress=False)
     assert again.grids == make_grids(pool, 2, 1, 0)
+
+
+def test_vit_posthoc_baseline_uses_windows_and_gradcam_asks_for_a_layer():
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(
+        img_size=CELL, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=4
+    ).eval()
+    data = [(torch.rand(3, CELL, CELL), c % 4) for c in range(8)]
+    pool = ImagePool({c: [c, c + 4] for c in range(4)}, {}, 8, 8, "softmax", 0.5)
+    r = grid_pointing_game(
+        vit,
+        data,
+        methods=[input_x_gradient(vit, HALF)],
+        normalize=HALF,
+        grid_size=2,
+        n_grids=2,
+        pool=pool,
+        progress=False,
+    )
+    assert r.settings["window"] == CELL and r.settings["stride"] == CELL // 2
+    s = r.scores["Input×Gradient"]
+    assert s.shape == (2, 4) and np.all((s >= 0) & (s <= 1))
+    with pytest.raises(BcosifyError, match="--gradcam-layer"):
+        find_gradcam_layer(vit, CELL)
+    assert find_gradcam_layer(PatternNet(), CELL) == "relu"

@@ -237,13 +237,15 @@ def find_gradcam_layer(model: nn.Module, image_size: int = 224, channels: int = 
         >>> find_gradcam_layer(torchvision.models.resnet18(), 64)
         'layer4'
     """
-    seen: list[str] = []
+    seen: list[tuple[str, str]] = []
     handles = []
 
     def hook(name: str) -> Callable:
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
             if isinstance(output, Tensor) and output.dim() == 4 and output.shape[-2:].numel() > 1:
-                seen.append(name)
+                seen.append((name, "map"))
+            elif isinstance(output, Tensor) and output.dim() == 3 and output.shape[1] > 1:
+                seen.append((name, "tokens"))
 
         return record
 
@@ -259,13 +261,15 @@ def find_gradcam_layer(model: nn.Module, image_size: int = 224, channels: int = 
         model.train(was_training)
         for h in handles:
             h.remove()
-    if not seen:
+    maps = [i for i, (_, kind) in enumerate(seen) if kind == "map"]
+    if not maps or any(kind == "tokens" for _, kind in seen[maps[-1] :]):
         raise BcosifyError(
-            f"found no module of {type(model).__name__} with a spatial feature map "
-            "(N x C x H x W output) for Grad-CAM; pass the layer name, e.g. "
-            "grad_cam(model, layer='blocks.11.norm1') (CLI: --gradcam-layer NAME)"
+            f"found no spatial feature map (N x C x H x W output) of {type(model).__name__} that "
+            "enters its classifier (a transformer works on token sequences); Grad-CAM needs a "
+            "convolutional layer: pass its name, grad_cam(model, layer=NAME) (CLI: "
+            "--gradcam-layer NAME), or leave Grad-CAM out (--baselines ixg,ig)"
         )
-    return seen[-1]
+    return seen[maps[-1]][0]
 
 
 def grad_cam(
