@@ -14,6 +14,7 @@ from bcosify.evaluate.data import (
     check_batch,
     label_lookup,
     make_loader,
+    map_labels,
     model_device,
     resolve_normalize,
 )
@@ -136,8 +137,7 @@ def evaluate_accuracy(
                 images, labels = check_batch(batch)
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
-                if table is not None:
-                    labels = _map_labels(labels, table)
+                labels = map_labels(labels, table)
                 logits = model(norm(images))
                 if logits.dim() != 2:
                     raise BcosifyError(
@@ -159,12 +159,3 @@ def evaluate_accuracy(
     finally:
         model.train(was_training)
     return AccuracyResult(n=n, correct1=correct1, correct5=correct5, k5=k5)
-
-
-def _map_labels(labels: Tensor, table: Tensor) -> Tensor:
-    if bool(((labels < 0) | (labels >= table.numel())).any()):
-        raise BcosifyError(
-            f"class_map covers labels 0..{table.numel() - 1}, the data has labels "
-            f"{sorted(set(labels.tolist()))[:10]}"
-        )
-    return table[labels]

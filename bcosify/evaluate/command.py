@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         const="ixg,ig,gradcam",
         default=None,
         help="post-hoc baselines on the original model, comma-separated from ixg, ig, gradcam "
-        "(default when given without a value: all)",
+        "(without a value, or --original without --baselines: all)",
     )
     g.add_argument("--gradcam-layer", default=None, help="Grad-CAM layer (default: automatic)")
     g.add_argument("--ig-steps", type=int, default=20, help="Integrated Gradients steps (20)")
@@ -327,6 +327,8 @@ def _run_gridpg(
     if kind == "original":
         methods = _baselines(args, wanted or list(BASELINES), model, pre)
     else:
+        if original is not None and not wanted:  # --original without --baselines: all of them
+            wanted = list(BASELINES)
         methods = [bcos_explainer(model)] + _baselines(args, wanted, original, pre)
     result = grid_pointing_game(
         model,

@@ -282,6 +282,18 @@ def label_lookup(class_map: Any, device: torch.device) -> Tensor | None:
     return table.to(device)
 
 
+def map_labels(labels: Tensor, table: Tensor | None) -> Tensor:
+    """Dataset labels -> model indices through ``table`` (from :func:`label_lookup`)."""
+    if table is None:
+        return labels
+    if bool(((labels < 0) | (labels >= table.numel())).any()):
+        raise BcosifyError(
+            f"class_map covers labels 0..{table.numel() - 1}, the data has labels "
+            f"{sorted(set(labels.tolist()))[:10]}"
+        )
+    return table[labels]
+
+
 def check_batch(batch: Any) -> tuple[Tensor, Tensor]:
     """Split a batch into images and integer labels, with a clear error for other shapes."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:

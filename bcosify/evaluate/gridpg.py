@@ -47,6 +47,7 @@ from bcosify.evaluate.data import (
     check_batch,
     label_lookup,
     make_loader,
+    map_labels,
     model_device,
     resolve_normalize,
 )
@@ -184,9 +185,7 @@ def build_pool(
                 loader, desc="pool", unit="batch", disable=None if progress else True
             ):
                 images, labels = check_batch(batch)
-                labels = labels.to(device)
-                if table is not None:
-                    labels = table[labels]
+                labels = map_labels(labels.to(device), table)
                 logits = model(norm(images.to(device, non_blocking=True))).float()
                 if logits.dim() != 2:
                     raise BcosifyError(
