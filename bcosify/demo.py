@@ -137,11 +137,27 @@ def _views(photos, pre, count: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _agreement(source, model, views: torch.Tensor, pre) -> tuple[int, int]:
+def _compare(source, model, views: torch.Tensor, pre) -> dict:
+    """Top-1 agreement with the original, mean KL(original || model) of the class distributions,
+    and the pixels' share of the model's explained logit (median over views)."""
+    from bcosify.explain import explain
+
     model.eval()
-    a = source(pre.normalize(views)).argmax(1)
-    b = model(views).argmax(1)
-    return int((a == b).sum()), len(views)
+    t = source(pre.normalize(views))
+    s = model(views)
+    kl = torch.nn.functional.kl_div(
+        s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="batchmean"
+    )
+    with torch.enable_grad():
+        e = explain(model, views, target=t.argmax(1))
+    pixels = e.contributions.flatten(1).sum(1).abs()
+    share = pixels / (pixels + e.constant_total.abs()).clamp_min(1e-30)
+    return {
+        "agree": int((t.argmax(1) == s.argmax(1)).sum()),
+        "n": len(views),
+        "kl": float(kl),
+        "pixel_share": float(share.median()),
+    }
 
 
 def _distill(source, bcos, out: Path, steps: int, overwrite: bool) -> dict:
@@ -155,7 +171,9 @@ def _distill(source, bcos, out: Path, steps: int, overwrite: bool) -> dict:
     train_images = [(n, im) for n, im in photos if n not in HELD_OUT] + _unlabelled_images()
     pre = source.bcosify_preprocessing
     views = _views(held_out, pre, VIEWS_PER_PHOTO, seed=0)
-    before = _agreement(source, bcos, views, pre)
+    seen = _views(train_images[:4], pre, VIEWS_PER_PHOTO, seed=1)
+    before = {"held-out": _compare(source, bcos, views, pre), "training": None}
+    before["training"] = _compare(source, bcos, seen, pre)
     print(
         f"\nfine-tuning by distillation from the original: {steps} steps on augmented views of "
         f"{len(train_images)} images ({', '.join(n for n, _ in train_images)}); held out: "
@@ -192,18 +210,32 @@ def _distill(source, bcos, out: Path, steps: int, overwrite: bool) -> dict:
         train_dataset=dataset,
         overwrite=overwrite,
     )
-    after = _agreement(source, result.model, views, pre)
+    after = {
+        "held-out": _compare(source, result.model, views, pre),
+        "training": _compare(source, result.model, seen, pre),
+    }
     minutes = (time.perf_counter() - t0) / 60
+    print(f"after {steps} steps ({minutes:.1f} min), compared with the original model:")
+    print(f"{'views':<34} {'top-1 agreement':<18} {'KL(orig || model)':<19} pixels' share")
+    for split, label in (
+        ("training", "of 4 training images"),
+        ("held-out", "of the held-out photos"),
+    ):
+        for when, r in (("before", before[split]), ("after", after[split])):
+            print(
+                f"{label + ', ' + when:<34} {r['agree']:>3}/{r['n']:<14} {r['kl']:<19.3f} "
+                f"{r['pixel_share']:.2e}"
+            )
     print(
-        f"top-1 agreement with the original on held-out views: before fine-tuning "
-        f"{before[0]}/{before[1]}, after {steps} steps ({minutes:.1f} min) {after[0]}/{after[1]}"
+        "(pixels' share: |sum of pixel contributions| / (that + |constants|) of the explained "
+        "logit, median over views)"
     )
     print(f"fine-tuned model: {result.model_dir} (bcosify.load), curves: {out / 'finetune'}")
     return {
         "steps": steps,
-        "before": before[0],
-        "after": after[0],
-        "views": after[1],
+        "minutes": minutes,
+        "before": before,
+        "after": after,
         "model_dir": str(result.model_dir),
     }
 

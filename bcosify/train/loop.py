@@ -137,7 +137,12 @@ def finetune(
         recipe = load_recipe(recipe, list(overrides))
     if resume and overwrite:
         raise TrainingError("resume and overwrite exclude each other: choose one")
-    return _Run(recipe, resume, overwrite, model, teacher, train_dataset, val_dataset, callbacks)()
+    try:
+        return _Run(
+            recipe, resume, overwrite, model, teacher, train_dataset, val_dataset, callbacks
+        )()
+    finally:
+        _release_accelerate_state()
 
 
 def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
@@ -236,6 +241,7 @@ class _Run:
             from timm.utils import ModelEmaV3
 
             ema = ModelEmaV3(acc.unwrap_model(student), decay=r.train.ema_decay)
+            _copy_bcosify_attributes(acc.unwrap_model(student), ema.module)
             acc.register_for_checkpointing(ema)
         if teacher is not None:
             teacher.to(acc.device)
@@ -672,8 +678,7 @@ class _Run:
         if acc.is_main_process:
             _write_json(self.out / "metrics.json", state.history)
             self._explain_fixed(epoch)
-        if not partial:
-            self._checkpoint()
+        self._checkpoint()  # also when max_steps stops mid-epoch: a later --resume can go on
         return metrics
 
     @torch.no_grad()
@@ -809,6 +814,30 @@ def _keep_rng(loader, state: tuple):
 def _target_b(model: nn.Module) -> list[tuple[nn.Module, float]]:
     units = (bnn.BcosConv2d, bnn.BcosLinear)
     return [(m, float(m.b)) for m in model.modules() if isinstance(m, units)]
+
+
+def _release_accelerate_state() -> None:
+    """Let a later ``finetune`` in the same process choose another mixed precision or device.
+
+    Accelerate keeps its settings in a process-wide state that refuses changes once set. The
+    process group (``PartialState``) is kept. Uses Accelerate's reset hooks (the ones its own
+    tests use); if a future version drops them, a second run with other settings gets
+    Accelerate's own error.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    for state in (AcceleratorState, GradientState):
+        reset = getattr(state, "_reset_state", None)
+        if reset is not None:
+            reset()
+
+
+def _copy_bcosify_attributes(source: nn.Module, target: nn.Module) -> None:
+    """A deep copy of a GraphModule (the EMA) drops plain attributes; bring back the ones that
+    :func:`bcosify.save` and :func:`bcosify.explain` read."""
+    for name, value in vars(source).items():
+        if name.startswith("bcosify_") or name in ("conversion_report", "transform"):
+            setattr(target, name, value)
 
 
 def _flat_config(recipe: Recipe) -> dict:
