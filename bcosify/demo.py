@@ -88,7 +88,8 @@ VIEWS_PER_PHOTO = 8
 
 
 def _unlabelled_images() -> list[tuple[str, Image.Image]]:
-    """More images shipped in scikit-image, for distillation (which needs no labels)."""
+    """More images shipped in scikit-image (photos, micrographs, textures, grey ones as RGB), for
+    distillation, which needs no labels: the student learns to match the original on them."""
     try:
         import skimage.data as data
     except ImportError:
@@ -102,6 +103,14 @@ def _unlabelled_images() -> list[tuple[str, Image.Image]]:
         "brick",
         "grass",
         "gravel",
+        "camera",
+        "coins",
+        "moon",
+        "clock",
+        "page",
+        "text",
+        "cell",
+        "logo",
     ):
         try:
             out.append((name, Image.fromarray(getattr(data, name)()).convert("RGB")))
