@@ -1,11 +1,21 @@
 """B-cos building blocks: pure torch modules with no dependency on the rest of bcosify."""
 
+from .attention import (
+    AddConstant,
+    BcosMultiheadAttention,
+    PlainLinear,
+    RecordConstant,
+    ScaledDotProductAttention,
+    attention,
+    shifted_window_attention,
+)
 from .bcos import BcosConv2d, BcosLinear
 from .layers import DetachableGate, EncodedNormalize, GatedActivation, InputEncoding, LogitLayer
 from .mode import (
     ConstantRecorder,
     DetachableModule,
     add_constant,
+    constant_leaf,
     is_explanation_mode,
     set_explanation_mode,
 )
@@ -19,6 +29,14 @@ from .norms import (
 )
 
 __all__ = [
+    "AddConstant",
+    "BcosMultiheadAttention",
+    "PlainLinear",
+    "RecordConstant",
+    "ScaledDotProductAttention",
+    "attention",
+    "constant_leaf",
+    "shifted_window_attention",
     "BcosConv2d",
     "BcosLinear",
     "ConstantRecorder",
