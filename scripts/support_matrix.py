@@ -117,7 +117,7 @@ def build(name: str, size: int | None = None) -> tuple[torch.nn.Module, int]:
         for s in ([size] if size else []) + [64, 96, 128, 160, 192, 224, default]:
             if s > default and s != size:
                 continue
-            for kwargs in ({"img_size": s}, {}):
+            for kwargs in ({"img_size": s, "num_classes": 1000}, {"num_classes": 1000}):
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")

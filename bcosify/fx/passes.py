@@ -125,8 +125,8 @@ _MUL_TARGETS = {operator.mul, torch.mul, "mul", operator.imul, "mul_"}
 MATMUL_TARGETS = {operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm", torch.einsum}
 SDPA_TARGETS = {F.scaled_dot_product_attention}
 _SOFTMAX_TARGETS = {torch.softmax, F.softmax, "softmax", torch.Tensor.softmax}
-_CHAIN_MODULES = (nn.Dropout, nn.Identity)
-_CHAIN_FUNCTIONS = {F.dropout, "to", "type_as", "float", "contiguous"}
+_CHAIN_MODULES = (nn.Dropout, nn.Identity, nn.Linear)
+_CHAIN_FUNCTIONS = {F.dropout, "to", "type_as", "float", "contiguous", "permute", "transpose"}
 
 
 def _module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -153,6 +153,7 @@ def _is_softmax_output(ctx: RewriteContext, node: Any) -> bool:
             return True
         if node.op in ("call_function", "call_method") and node.target in _SOFTMAX_TARGETS:
             return True
+        # dropout, casts, and a head-mixing linear map on the attention ("talking heads")
         chain = isinstance(module, _CHAIN_MODULES) or (
             node.op in ("call_function", "call_method") and node.target in _CHAIN_FUNCTIONS
         )
@@ -188,6 +189,11 @@ def _find_gates(ctx: RewriteContext) -> tuple[set[fx.Node], set[fx.Node]]:
                 if rules.is_gate_target(operand, _module_of(ctx.gm, operand)):
                     gates.add(operand)
                     break
+            else:  # a gated linear unit (SwiGLU, GeGLU): the activated half is the gate
+                for operand in (a, b):
+                    if rules.is_glu_gate(operand, _module_of(ctx.gm, operand)):
+                        gates.add(operand)
+                        break
         elif _is_in(node.target, MATMUL_TARGETS):
             ops = matmul_operands(node)
             if len(ops) != 2 or not all(o in ctx.dependent for o in ops):

@@ -659,6 +659,20 @@ def is_neutral(target: Any) -> bool:
         return False
 
 
+GLU_MODULES: tuple[type, ...] = (nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish)
+GLU_FUNCTIONS = {F.silu, F.gelu, F.mish, F.hardswish, "silu", "gelu"}
+
+
+def is_glu_gate(node: torch.fx.Node, module: nn.Module | None) -> bool:
+    """An activation output that multiplies another tensor (the gate of a GLU)."""
+    if node.op == "call_module":
+        return isinstance(module, GLU_MODULES)
+    try:
+        return node.target in GLU_FUNCTIONS
+    except TypeError:
+        return False
+
+
 def is_gate_target(node: torch.fx.Node, module: nn.Module | None) -> bool:
     if node.op == "call_module":
         return isinstance(module, GATE_MODULES)
@@ -764,3 +778,48 @@ def _constant_pad(module: nn.Module, config: BcosConfig):
 _constant_pad.declined = "padding with a non-zero constant is not linear (only 0 is)"
 for _t in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d):
     register_module_rule(_t, _constant_pad)
+
+
+@register_module_rule(nn.Conv1d)
+def _conv1d(module: nn.Conv1d, config: BcosConfig):
+    try:
+        return bnn.BcosConv1d.from_conv1d(
+            module,
+            b=config.b,
+            keep_bias=config.keep_bias,
+            normalize_weights=config.normalize_weights,
+        )
+    except ValueError:
+        return None
+
+
+_conv1d.declined = "a Conv1d with non-zero padding mode"
+
+
+def _rmsnorm(module: nn.Module, config: BcosConfig):
+    return bnn.DetachableRmsNorm.from_rmsnorm(module)
+
+
+if hasattr(nn, "RMSNorm"):
+    register_module_rule(nn.RMSNorm, _rmsnorm)
+register_module_rule(nn.Upsample, _keep)  # nearest/bilinear interpolation: linear
+register_module_rule(nn.ZeroPad1d, _keep)
+
+
+@register_function_rule(F.rms_norm)
+def _rule_rms_norm(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    names = ["input", "normalized_shape", "weight", "eps"]
+    args = dict(zip(names, node.args))
+    args.update(node.kwargs)
+    weight = args.get("weight")
+    if weight is not None and not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):
+        ctx.unsupported(node, "F.rms_norm", "an RMS norm whose weight is computed")
+        return
+    shape = args["normalized_shape"]
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    w = _fetch(ctx, weight) if weight is not None else None
+    norm = bnn.DetachableRmsNorm(shape, args.get("eps"), w)
+    ctx.replace_with_module(node, norm, "F.rms_norm", inputs=(args["input"],))
+
+
+NEUTRAL_FUNCTIONS.update({"unfold", F.unfold, F.fold, F.upsample, F.upsample_bilinear})

@@ -151,6 +151,7 @@ register_module_rule(tla.PReLU, rules._keep)
 for _gate in (tla.Sigmoid, tla.HardSigmoid, tla.Tanh):
     register_module_rule(_gate, rules._keep)
 rules.GATE_MODULES = rules.GATE_MODULES + (tla.Sigmoid, tla.HardSigmoid, tla.Tanh)
+rules.GLU_MODULES = rules.GLU_MODULES + (tla.GELU, tla.GELUTanh, tla.QuickGELU, tla.Swish, tla.Mish)
 
 # Window/grid partition inverses and block reshapes: permutations of the tokens, linear.
 for _module_name, _fn_name in (
@@ -235,3 +236,23 @@ def _std_conv(module, config: BcosConfig):
 
 for _t in (tl.StdConv2d, tl.StdConv2dSame, tl.ScaledStdConv2d, tl.ScaledStdConv2dSame):
     register_module_rule(_t, _std_conv)
+
+# timm's RMS norms (module, fp32 and 2d variants): detachable rms, no centering
+for _name, _dim in (
+    ("RmsNorm", None),
+    ("RmsNormFp32", None),
+    ("RmsNorm2d", 1),
+    ("RmsNorm2dFp32", 1),
+):
+    _cls = getattr(tl, _name, None)
+    if _cls is not None:
+        register_module_rule(
+            _cls, lambda m, c, _d=_dim: bnn.DetachableRmsNorm.from_rmsnorm(m, channel_dim=_d)
+        )
+
+try:  # crossvit rescales the image for its second branch: an interpolation, linear
+    from timm.models.crossvit import scale_image as _scale_image
+
+    rules.NEUTRAL_FUNCTIONS.add(_scale_image)
+except ImportError:  # pragma: no cover
+    pass

@@ -10,6 +10,7 @@ from .attention import (
     shifted_window_attention,
 )
 from .bcos import BcosConv2d, BcosLinear
+from .conv1d import BcosConv1d
 from .layers import DetachableGate, EncodedNormalize, GatedActivation, InputEncoding, LogitLayer
 from .mode import (
     ConstantRecorder,
@@ -23,6 +24,7 @@ from .norms import (
     DetachableGroupNorm,
     DetachableLayerNorm,
     DetachableLayerNorm2d,
+    DetachableRmsNorm,
     UncenteredBatchNorm1d,
     UncenteredBatchNorm2d,
     UncenteredBatchNormAct2d,
@@ -37,6 +39,7 @@ __all__ = [
     "attention",
     "constant_leaf",
     "shifted_window_attention",
+    "BcosConv1d",
     "BcosConv2d",
     "BcosLinear",
     "ConstantRecorder",
@@ -44,6 +47,7 @@ __all__ = [
     "DetachableGroupNorm",
     "DetachableLayerNorm",
     "DetachableLayerNorm2d",
+    "DetachableRmsNorm",
     "DetachableModule",
     "EncodedNormalize",
     "GatedActivation",
