@@ -278,7 +278,7 @@ def convert_nodes(ctx: RewriteContext) -> None:
     for node in list(ctx.graph.nodes):
         if node.op in ("placeholder", "output", "get_attr") or node not in ctx.dependent:
             continue  # constants and shape arithmetic need no conversion
-        if node in ctx.gate_branch:
+        if node in ctx.gate_branch and node not in ctx.projections:
             if node in ctx.gates:
                 ctx.record(node, "kept", "gate branch (detached in explanation mode)")
             continue

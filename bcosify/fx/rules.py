@@ -609,10 +609,12 @@ def _rule_functional_norm(kind: str) -> FunctionRule:
         eps = args.get("eps", 1e-5)
         if kind == "layer_norm":
             shape = args["normalized_shape"]
-            shape = (shape,) if isinstance(shape, int) else tuple(shape)
+            shape = (shape,) if not isinstance(shape, (list, tuple)) else tuple(shape)
             if not all(isinstance(d, int) for d in shape):
-                ctx.unsupported(node, "F.layer_norm", "a normalized_shape computed at run time")
-                return
+                if w is None:  # a shape read from the input; the weight tells it otherwise
+                    ctx.unsupported(node, "F.layer_norm", "a normalized_shape computed at run time")
+                    return
+                shape = tuple(w.shape)
             norm = nn.LayerNorm(shape, eps, elementwise_affine=False, device="meta")
             norm.elementwise_affine = w is not None
             converted = bnn.DetachableLayerNorm.from_layernorm(

@@ -249,8 +249,8 @@ class BcosMultiheadAttention(DetachableModule, nn.MultiheadAttention):
         q = F.linear(query, wq, bq)
         k = F.linear(key, wk, bk)
         v = F.linear(value, wv)
-        if bv is not None:
-            v = add_constant(self, "in_proj_bias", v, bv)
+        if bv is not None:  # recorded batch-first, so constants are attributed per sample
+            v = add_constant(self, "in_proj_bias", v.transpose(0, 1), bv).transpose(0, 1)
         return q, k, v
 
     def forward(
@@ -280,6 +280,9 @@ class BcosMultiheadAttention(DetachableModule, nn.MultiheadAttention):
             return t.reshape(t.shape[0], n * h, d).transpose(0, 1).reshape(n, h, t.shape[0], d)
 
         q, k, v = heads(q), heads(k), heads(v)
+        # boolean masks of nn.MultiheadAttention: True means "do not attend"
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = ~attn_mask
         mask = _additive_mask(attn_mask, q.dtype)
         if mask is not None and mask.dim() == 3:
             mask = mask.view(n, h, mask.shape[-2], mask.shape[-1])
@@ -302,13 +305,13 @@ class BcosMultiheadAttention(DetachableModule, nn.MultiheadAttention):
             detach=self.explanation_mode,
             logits=logits,
         )
-        # N x H x L x D -> L x N x E
-        out = out.permute(2, 0, 1, 3).reshape(out.shape[2], n, h * d)
-        out = self.out_proj(out)
-        if self.batch_first and batched:
+        # N x H x L x D -> N x L x E: the output projection (and its recorded bias) runs
+        # batch-first, so constants are attributed per sample
+        out = self.out_proj(out.transpose(1, 2).reshape(n, out.shape[2], h * d))
+        if not batched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
             out = out.transpose(0, 1)
-        elif not batched:
-            out = out.squeeze(1)
         weights = None
         if need_weights:
             with torch.no_grad():
