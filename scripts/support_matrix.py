@@ -41,6 +41,7 @@ import torchvision  # noqa: E402
 
 import bcosify  # noqa: E402
 from bcosify import BcosConfig  # noqa: E402
+from bcosify.models import VERIFIED_MODELS  # noqa: E402
 from tests.helpers import MEAN, STD, calibrate, randomize_norms, rel_err  # noqa: E402
 
 EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
@@ -268,18 +269,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-torchvision", action="store_true")
     p.add_argument("--no-write", action="store_true", help="print, do not write the files")
     p.add_argument("--json", help="also write the raw rows to this JSON file")
+    p.add_argument(
+        "--from-json",
+        nargs="+",
+        metavar="FILE",
+        help="write the files from rows saved with --json (several runs are merged; models of the "
+        "planned list that no run measured are listed as 'not run')",
+    )
     args = p.parse_args(argv)
-    if args.only:
-        names = list(args.only)
-    else:
-        names = (
-            [] if args.no_torchvision else list(torchvision.models.list_models(torchvision.models))
-        )
-        names += [f"timm/{n}" for n in TIMM_NAMED]
-        if args.timm_families:
-            names += [
-                f"timm/{n}" for n in timm_family_representatives() if f"timm/{n}" not in names
-            ]
+    if args.from_json:
+        rows = _merge_saved(args.from_json, _planned(args))
+        _write(rows)
+        return 0
+    names = _planned(args)
     torch.set_grad_enabled(True)
     rows = []
     for name in names:
@@ -298,10 +300,44 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
     if not args.no_write:
-        (ROOT / "docs").mkdir(exist_ok=True)
-        (ROOT / "docs" / "support.md").write_text(markdown(rows))
-        (ROOT / "bcosify" / "_support_matrix.py").write_text(python_module(rows))
+        _write(rows)
     return 0
+
+
+def _planned(args) -> list[str]:
+    if args.only:
+        return list(args.only)
+    names = [] if args.no_torchvision else list(torchvision.models.list_models(torchvision.models))
+    names += [f"timm/{n}" for n in TIMM_NAMED]
+    names += [n for n in VERIFIED_MODELS if n.startswith("timm/") and n not in names]
+    if args.timm_families:
+        names += [f"timm/{n}" for n in timm_family_representatives() if f"timm/{n}" not in names]
+    return names
+
+
+def _merge_saved(files: list[str], planned: list[str]) -> list[dict]:
+    measured: dict[str, dict] = {}
+    for f in files:
+        for row in json.loads(Path(f).read_text()):
+            measured[row["model"]] = row
+    rows = []
+    for name in planned + [n for n in measured if n not in planned]:
+        rows.append(
+            measured.get(name)
+            or {
+                "model": name,
+                "library": "timm" if name.startswith("timm/") else "torchvision",
+                "status": "not run",
+                "reason": "not measured in the last run of the script",
+            }
+        )
+    return rows
+
+
+def _write(rows: list[dict]) -> None:
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / "support.md").write_text(markdown(rows))
+    (ROOT / "bcosify" / "_support_matrix.py").write_text(python_module(rows))
 
 
 if __name__ == "__main__":
