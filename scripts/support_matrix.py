@@ -192,6 +192,19 @@ def check(name: str) -> dict:
         return row
     eq_ok = math.isfinite(row["equivalence"]) and row["equivalence"] <= TOL
     co_ok = math.isfinite(row["completeness"]) and row["completeness"] <= TOL
+    if eq_ok and not co_ok and math.isfinite(row["completeness"]):
+        # deep models cancel large contributions: is the float32 error rounding? check in float64
+        try:
+            expl64 = bcosify.explain(converted.double(), x.double())
+            row["completeness_float64"] = float(expl64.completeness_error.max())
+        except Exception as exc:  # pragma: no cover - reported, not raised
+            row["reason"] = _one_line(f"float64 check failed: {type(exc).__name__}: {exc}")
+        co_ok = row.get("completeness_float64", 1.0) <= 1e-10
+        if co_ok:
+            row["reason"] = (
+                f"float32 rounding: the float64 completeness error is "
+                f"{row['completeness_float64']:.1e}"
+            )
     if eq_ok and co_ok:
         row["status"] = "pass"
     elif co_ok:
@@ -225,8 +238,11 @@ def markdown(rows: list[dict]) -> str:
         "source model (relative error of the logits, `max|a-b| / max|b|`);",
         "- **completeness**: default config (B=2, no biases): contributions plus reported constant "
         "terms against the explained logit (relative error, worst of 2 samples);",
-        f"- **pass**: both at most {TOL:g}. Conversion time is for `bcosify.convert` alone "
-        "(default config, excluding model construction) on the machine that ran the script.",
+        f"- **pass**: both at most {TOL:g} (where float32 rounding in a deep model exceeds it, "
+        "the completeness check is repeated in float64 and must be at most 1e-10; the reason "
+        "column then gives that error). Conversion time is for `bcosify.convert` alone "
+        "(default config, excluding model construction) on the machine that ran the script "
+        "(a 2-core machine shared with other jobs: times are upper bounds).",
         "",
         f"Passing: {len(passed)} of {len(rows)} "
         f"(torchvision {sum(r.get('status') == 'pass' for r in tv)} of {len(tv)}, "

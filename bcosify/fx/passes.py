@@ -443,6 +443,12 @@ def move_head_before_pool(ctx: RewriteContext) -> None:
         chain.replace_input_with(features, conv_node)
         node.replace_all_uses_with(node.args[0])
         ctx.graph.erase_node(node)
+        # one entry for the head: it was replaced and moved in one go
+        ctx.report.entries = [
+            e
+            for e in ctx.report.entries
+            if not (e.action == "replaced" and e.name == str(node.target))
+        ]
         ctx.report.add(
             "moved",
             "Linear -> 1x1 BcosConv2d before global pooling",
