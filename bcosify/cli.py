@@ -231,11 +231,25 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from bcosify.models import VERIFIED_MODELS
+    from bcosify.models import VERIFIED_MODELS, support_matrix
 
-    print(f"{'model':<32} {'library':<12} family")
-    for name, info in VERIFIED_MODELS.items():
-        print(f"{name:<32} {info['library']:<12} {info['family']}")
+    rows = support_matrix()
+    if not rows:  # the support matrix was never generated: the CI-verified table
+        print(f"{'model':<32} {'library':<12} family")
+        for name, info in VERIFIED_MODELS.items():
+            print(f"{name:<32} {info['library']:<12} {info['family']}")
+        return 0
+
+    def err(v) -> str:
+        return "" if v is None else f"{v:.1e}"
+
+    print(f"{'model':<40} {'library':<12} {'status':<12} {'equivalence':>11} {'completeness':>12}")
+    for r in rows:
+        print(
+            f"{r['model']:<40} {r['library']:<12} {r['status']:<12} "
+            f"{err(r.get('equivalence')):>11} {err(r.get('completeness')):>12}"
+        )
+    print("details: docs/support.md (scripts/support_matrix.py)")
     return 0
 
 

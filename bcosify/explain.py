@@ -241,7 +241,8 @@ def explain(
     for (name, leaf), g in zip(recorder.leaves, grads[1:]):
         value = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         if g is not None:
-            value = (leaf.detach() * g).flatten(1).sum(1)
+            # a leaf's first dimension is the batch, or batch-major groups of it (windows)
+            value = (leaf.detach() * g).reshape(x.shape[0], -1).sum(1)
         constants[name] = constants[name] + value if name in constants else value
     logits = logits.detach()
     return Explanation(

@@ -1,14 +1,19 @@
 """The architectures verified to convert.
 
-Every entry is covered by the equivalence test (B=1, biases kept: the converted model equals the
-original) and the completeness test (default config: contributions plus constants equal the logit)
-in ``tests/test_models.py``, at the input size given here. ``bcosify models`` and the README's table
-(``scripts/support_table.py``) read this table.
+Two sources, both measured, never typed in by hand:
+
+* :data:`VERIFIED_MODELS`, one model per family, is covered in CI by the equivalence test (B=1,
+  biases kept: the converted model equals the original) and the completeness test (default config:
+  contributions plus constants equal the logit) in ``tests/test_models.py``, at the input size (and
+  constructor arguments) given here.
+* :func:`support_matrix` returns the rows measured by ``scripts/support_matrix.py`` for every
+  torchvision classifier and a list of timm models (``docs/support.md`` is written from the same
+  rows). ``bcosify models`` prints it.
 """
 
 from __future__ import annotations
 
-__all__ = ["VERIFIED_MODELS", "list_verified_models"]
+__all__ = ["VERIFIED_MODELS", "list_verified_models", "support_matrix", "list_supported_models"]
 
 _TV = "torchvision"
 
@@ -23,18 +28,43 @@ VERIFIED_MODELS: dict[str, dict] = {
     "squeezenet1_1": {"library": _TV, "family": "SqueezeNet", "test_size": 64},
     "mobilenet_v2": {"library": _TV, "family": "MobileNetV2", "test_size": 64},
     "mobilenet_v3_small": {"library": _TV, "family": "MobileNetV3", "test_size": 64},
-    "efficientnet_b0": {"library": _TV, "family": "EfficientNet", "test_size": 64},
+    "efficientnet_b0": {"library": _TV, "family": "EfficientNet", "test_size": 64, "relu": False},
     "regnet_y_400mf": {"library": _TV, "family": "RegNet", "test_size": 64},
     "shufflenet_v2_x1_0": {"library": _TV, "family": "ShuffleNetV2", "test_size": 64},
     "mnasnet0_5": {"library": _TV, "family": "MNASNet", "test_size": 64},
     "googlenet": {"library": _TV, "family": "GoogLeNet", "test_size": 64},
     "inception_v3": {"library": _TV, "family": "Inception v3", "test_size": 80},
-    "convnext_tiny": {"library": _TV, "family": "ConvNeXt", "test_size": 64},
+    "convnext_tiny": {"library": _TV, "family": "ConvNeXt", "test_size": 64, "relu": False},
+    "vit_b_16": {
+        "library": _TV,
+        "family": "ViT",
+        "test_size": 32,
+        "test_kwargs": {"image_size": 32},
+        "relu": False,
+        "constants": ("class_token", "encoder.pos_embedding"),
+    },
+    "swin_t": {"library": _TV, "family": "Swin", "test_size": 32, "relu": False},
+    "swin_v2_t": {"library": _TV, "family": "Swin v2", "test_size": 32, "relu": False},
     "timm/resnet50": {"library": "timm", "family": "ResNet", "test_size": 64},
     "timm/tf_efficientnet_lite0": {
         "library": "timm",
         "family": "EfficientNet-Lite",
         "test_size": 64,
+    },
+    "timm/vit_tiny_patch16_224": {
+        "library": "timm",
+        "family": "ViT / DeiT",
+        "test_size": 32,
+        "test_kwargs": {"img_size": 32},
+        "relu": False,
+        "constants": ("cls_token", "pos_embed"),
+    },
+    "timm/swin_tiny_patch4_window7_224": {
+        "library": "timm",
+        "family": "Swin",
+        "test_size": 64,
+        "test_kwargs": {"img_size": 64},
+        "relu": False,
     },
 }
 
@@ -47,3 +77,30 @@ def list_verified_models() -> list[str]:
         True
     """
     return list(VERIFIED_MODELS)
+
+
+def support_matrix() -> list[dict]:
+    """The rows of the last support-matrix run (``scripts/support_matrix.py``): model, library,
+    status (``pass``, ``unsupported``, ...), input size, equivalence and completeness errors,
+    conversion time and the reason of a failure. Empty if the matrix was never generated.
+
+    Example:
+        >>> rows = support_matrix()
+        >>> all("status" in row for row in rows)
+        True
+    """
+    try:
+        from bcosify._support_matrix import SUPPORT_MATRIX
+    except ImportError:
+        return []
+    return [dict(row) for row in SUPPORT_MATRIX]
+
+
+def list_supported_models() -> list[str]:
+    """Names of the models that passed the support matrix (equivalence and completeness).
+
+    Example:
+        >>> "resnet50" in list_supported_models() or not support_matrix()
+        True
+    """
+    return [row["model"] for row in support_matrix() if row.get("status") == "pass"]

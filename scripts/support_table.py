@@ -1,4 +1,5 @@
-"""Write the README's table of verified architectures from bcosify.models.VERIFIED_MODELS.
+"""Write the README's support section from bcosify.models (the CI-verified table and the measured
+support matrix).
 
 Usage: python scripts/support_table.py   (rewrites the block between the markers in README.md)
 """
@@ -8,16 +9,33 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bcosify.models import VERIFIED_MODELS
+from bcosify.models import VERIFIED_MODELS, support_matrix
 
 START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
 
 
 def table() -> str:
-    rows = ["| model | library | family | tested at |", "| --- | --- | --- | --- |"]
+    rows = [
+        "One model per family is checked in CI (equivalence at B=1 and completeness):",
+        "",
+        "| model | library | family | tested at |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, info in VERIFIED_MODELS.items():
         size = info["test_size"]
         rows.append(f"| `{name}` | {info['library']} | {info['family']} | {size}×{size} |")
+    matrix = support_matrix()
+    if matrix:
+        passed = sum(r["status"] == "pass" for r in matrix)
+        tv = [r for r in matrix if r["library"] == "torchvision"]
+        tv_pass = sum(r["status"] == "pass" for r in tv)
+        rows += [
+            "",
+            f"The full support matrix, [docs/support.md](docs/support.md), lists {len(matrix)} "
+            f"models ({passed} pass; torchvision: {tv_pass} of {len(tv)}) with their measured "
+            "equivalence and completeness errors, conversion times and the reason of every "
+            "failure (`python scripts/support_matrix.py`; `bcosify models` prints it).",
+        ]
     return "\n".join(rows)
 
 

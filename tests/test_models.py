@@ -16,10 +16,23 @@ EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
 
 
 def build(name: str) -> torch.nn.Module:
+    kwargs = dict(VERIFIED_MODELS[name].get("test_kwargs", {}))
     if name.startswith("timm/"):
-        return timm.create_model(name[5:], pretrained=False)
-    kwargs = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+        return timm.create_model(name[5:], pretrained=False, **kwargs)
+    if name in ("googlenet", "inception_v3"):
+        kwargs["init_weights"] = False
     return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+@torch.no_grad()
+def reinit_zero_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Zero-initialised layers (ViT heads) would make every logit 0: give them random weights."""
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and w is not None and not w.any():
+            w.copy_(torch.randn(w.shape, generator=g) / w[0].numel() ** 0.5)
+    return model
 
 
 def size_of(name: str) -> int:
@@ -29,7 +42,7 @@ def size_of(name: str) -> int:
 @pytest.fixture(scope="module", params=sorted(VERIFIED_MODELS))
 def source(request):
     torch.manual_seed(0)
-    model = randomize_norms(build(request.param)).eval()
+    model = reinit_zero_weights(randomize_norms(build(request.param))).eval()
     return request.param, model
 
 
@@ -54,7 +67,8 @@ def test_completeness(source):
     calibrate(converted, x)
     expl = bcosify.explain(converted, x)
     assert expl.contributions.shape == (3, 6, s, s)
-    assert set(expl.constant_contributions) == {"bcosify_logit_layer.logit_bias"}
+    expected = {"bcosify_logit_layer.logit_bias", *VERIFIED_MODELS[name].get("constants", ())}
+    assert set(expl.constant_contributions) == expected
     assert float(expl.completeness_error.max()) <= 1e-4
     # The input part alone, without the logit bias in the way: exact relative to its own size.
     logit = expl.explained_logit - expl.constant_total
@@ -68,8 +82,8 @@ def test_completeness(source):
         for (action, what), n in counts.items()
         if action == "removed" or (action == "replaced" and "ReLU6) -> " in what)
     )
-    no_relu = {"convnext_tiny", "efficientnet_b0"}  # GELU/SiLU only outside SE gates
-    assert (relus > 0) != (name in no_relu)
+    # "relu": False for models with GELU/SiLU only (ReLUs inside SE gates are left as they are)
+    assert (relus > 0) == VERIFIED_MODELS[name].get("relu", True)
     for m in converted.modules():
         if isinstance(m, (bcosify.nn.BcosConv2d, bcosify.nn.BcosLinear)):
             assert m.bias is None

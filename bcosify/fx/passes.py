@@ -30,6 +30,7 @@ class RewriteContext:
         self.unsupported_nodes: list[tuple[str, str, str]] = []
         self.dependent = _input_dependent(gm.graph)
         self.gates, self.gate_branch = _find_gates(self)
+        self.projections = _find_projections(self)
         self._replaced: dict[str, Any] = {}
         self._counter = 0
 
@@ -121,29 +122,94 @@ def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
 
 
 _MUL_TARGETS = {operator.mul, torch.mul, "mul", operator.imul, "mul_"}
+MATMUL_TARGETS = {operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm", torch.einsum}
+SDPA_TARGETS = {F.scaled_dot_product_attention}
+_SOFTMAX_TARGETS = {torch.softmax, F.softmax, "softmax", torch.Tensor.softmax}
+_CHAIN_MODULES = (nn.Dropout, nn.Identity, nn.Linear)
+_CHAIN_FUNCTIONS = {F.dropout, "to", "type_as", "float", "contiguous", "permute", "transpose"}
 
 
 def _module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
 
-def _find_gates(ctx: RewriteContext) -> tuple[set[fx.Node], set[fx.Node]]:
-    """Gate nodes (a sigmoid-like output scaling another tensor) and the nodes feeding only them.
+def matmul_operands(node: fx.Node) -> list[Any]:
+    """The two tensor operands of a matmul-like node (``einsum`` takes them after the equation)."""
+    if node.target is torch.einsum:
+        ops = node.args[1:]
+        if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+            ops = ops[0]
+        return list(ops)
+    return list(node.args[:2])
 
-    The branch that computes a gate (a squeeze-excitation MLP, say) is left as it is: the gate is
-    detached in explanation mode, so nothing inside it needs to be B-cos.
+
+def _is_softmax_output(ctx: RewriteContext, node: Any) -> bool:
+    """Whether ``node`` is a softmax (possibly followed by dropout or a dtype cast)."""
+    for _ in range(8):
+        if not isinstance(node, fx.Node):
+            return False
+        module = _module_of(ctx.gm, node)
+        if isinstance(module, nn.Softmax):
+            return True
+        if node.op in ("call_function", "call_method") and node.target in _SOFTMAX_TARGETS:
+            return True
+        # dropout, casts, and a head-mixing linear map on the attention ("talking heads")
+        chain = isinstance(module, _CHAIN_MODULES) or (
+            node.op in ("call_function", "call_method") and node.target in _CHAIN_FUNCTIONS
+        )
+        if not chain or not node.args:
+            return False
+        node = node.args[0]
+    return False
+
+
+def _sdpa_arg(node: fx.Node, index: int, name: str) -> Any:
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name)
+
+
+def _find_gates(ctx: RewriteContext) -> tuple[set[fx.Node], set[fx.Node]]:
+    """Gate nodes and the branch of nodes that feed only detached factors.
+
+    A gate is a sigmoid-like output scaling another tensor, or an attention matrix (a softmax)
+    multiplying the values. The queries and keys of a fused attention call are detached inside the
+    attention module. The branch that computes a gate or only feeds queries and keys (a
+    squeeze-excitation MLP, the ``q k^T`` logits and their biases) is left as it is: it is detached
+    in explanation mode, so nothing inside it needs to be B-cos.
     """
     gates: set[fx.Node] = set()
+    detached_uses: set[tuple[fx.Node, fx.Node]] = set()
     for node in ctx.graph.nodes:
-        if node.op not in ("call_function", "call_method") or node.target not in _MUL_TARGETS:
+        if node.op not in ("call_function", "call_method"):
             continue
-        a, b = node.args[0], node.args[1]
-        if not (a in ctx.dependent and b in ctx.dependent):
-            continue
-        for operand in (b, a):
-            if rules.is_gate_target(operand, _module_of(ctx.gm, operand)):
-                gates.add(operand)
-                break
+        if node.target in _MUL_TARGETS:
+            a, b = node.args[0], node.args[1]
+            if not (a in ctx.dependent and b in ctx.dependent):
+                continue
+            for operand in (b, a):
+                if rules.is_gate_target(operand, _module_of(ctx.gm, operand)):
+                    gates.add(operand)
+                    break
+            else:  # a gated linear unit (SwiGLU, GeGLU): the activated half is the gate
+                for operand in (a, b):
+                    if rules.is_glu_gate(operand, _module_of(ctx.gm, operand)):
+                        gates.add(operand)
+                        break
+        elif _is_in(node.target, MATMUL_TARGETS):
+            ops = matmul_operands(node)
+            if len(ops) != 2 or not all(o in ctx.dependent for o in ops):
+                continue
+            for operand in ops:
+                if _is_softmax_output(ctx, operand):
+                    gates.add(operand)
+                    break
+        elif _is_in(node.target, SDPA_TARGETS):
+            for i, name in ((0, "query"), (1, "key"), (3, "attn_mask")):
+                arg = _sdpa_arg(node, i, name)
+                if isinstance(arg, fx.Node):
+                    detached_uses.add((arg, node))
+    for arg, _ in list(detached_uses):
+        if all((arg, u) in detached_uses for u in arg.users):
+            gates.add(arg)
     branch: set[fx.Node] = set(gates)
     for node in reversed(list(ctx.graph.nodes)):
         if node in branch or node.op in ("placeholder", "output") or not node.users:
@@ -151,6 +217,55 @@ def _find_gates(ctx: RewriteContext) -> tuple[set[fx.Node], set[fx.Node]]:
         if all(u in branch for u in node.users):
             branch.add(node)
     return gates, branch
+
+
+def _is_in(target: Any, table: set) -> bool:
+    try:
+        return target in table
+    except TypeError:
+        return False
+
+
+def is_attention_op(ctx: RewriteContext, node: fx.Node) -> bool:
+    """A product of two input-dependent tensors (``q k^T``, ``attn v``) or a fused attention."""
+    if node.op != "call_function" and node.op != "call_method":
+        return False
+    if _is_in(node.target, SDPA_TARGETS):
+        return True
+    if _is_in(node.target, MATMUL_TARGETS):
+        ops = matmul_operands(node)
+        return len(ops) == 2 and all(o in ctx.dependent for o in ops)
+    return False
+
+
+def _find_projections(ctx: RewriteContext) -> set[fx.Node]:
+    """``nn.Linear`` nodes whose output reaches an attention product through reshapes only: the
+    query/key/value projections, which stay plain linear maps."""
+    found: set[fx.Node] = set()
+    for node in ctx.graph.nodes:
+        functional = node.op == "call_function" and node.target is F.linear
+        if not (functional or isinstance(_module_of(ctx.gm, node), nn.Linear)):
+            continue
+        frontier, seen = list(node.users), set()
+        while frontier and len(seen) < 64:
+            user = frontier.pop()
+            if user in seen:
+                continue
+            seen.add(user)
+            if is_attention_op(ctx, user):
+                found.add(node)
+                break
+            structural = user in ctx.gate_branch or (
+                user.op in ("call_function", "call_method")
+                and (rules.is_neutral(user.target) or user.target in _MUL_TARGETS)
+            )
+            if structural:
+                frontier.extend(user.users)
+    return found
+
+
+_PLAIN_LINEAR_TYPES = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
+_TANH_FUNCTIONS = {torch.tanh, F.tanh, "tanh"}
 
 
 def _skipped(name: str, prefixes: Sequence[str]) -> bool:
@@ -163,7 +278,7 @@ def convert_nodes(ctx: RewriteContext) -> None:
     for node in list(ctx.graph.nodes):
         if node.op in ("placeholder", "output", "get_attr") or node not in ctx.dependent:
             continue  # constants and shape arithmetic need no conversion
-        if node in ctx.gate_branch:
+        if node in ctx.gate_branch and node not in ctx.projections:
             if node in ctx.gates:
                 ctx.record(node, "kept", "gate branch (detached in explanation mode)")
             continue
@@ -175,6 +290,9 @@ def convert_nodes(ctx: RewriteContext) -> None:
             continue
         target = node.target
         if rules.is_gate_target(node, None):
+            if _is_in(target, _TANH_FUNCTIONS):
+                ctx.replace_with_module(node, bnn.GatedActivation("tanh"), "tanh")
+                continue
             ctx.unsupported(
                 node,
                 str(getattr(target, "__name__", target)),
@@ -202,6 +320,12 @@ def _convert_module_node(
         ctx.record(node, "skipped", type(module).__name__)
         return
     if isinstance(module, rules.GATE_MODULES):
+        if isinstance(module, nn.Tanh) or type(module).__name__ == "Tanh":
+            # tanh(x) = x * (tanh(x) / x): a gated identity, exact
+            ctx.replace_with_module(
+                node, bnn.GatedActivation("tanh"), type(module).__name__, inputs=node.args[:1]
+            )
+            return
         ctx.unsupported(
             node,
             type(module).__name__,
@@ -210,6 +334,11 @@ def _convert_module_node(
         return
     if name in ctx._replaced:
         result = ctx._replaced[name]
+    elif node in ctx.projections and type(module) in _PLAIN_LINEAR_TYPES:
+        result = bnn.PlainLinear.from_linear(module, keep_bias=config.keep_bias)
+        ctx._replaced[name] = result
+        ctx.gm.set_submodule(name, result)
+        ctx.record(node, "replaced", "Linear -> PlainLinear (attention q/k/v projection)")
     else:
         rule = rules.get_module_rule(type(module))
         if rule is None:
@@ -221,6 +350,13 @@ def _convert_module_node(
             )
             return
         result = rule(module, config)
+        if result is None:
+            ctx.unsupported(
+                node,
+                type(module).__module__ + "." + type(module).__qualname__,
+                getattr(rule, "declined", "its rule does not cover this configuration"),
+            )
+            return
         ctx._replaced[name] = result
         if isinstance(result, nn.Module) and result is not module:
             ctx.gm.set_submodule(name, result)
@@ -260,7 +396,9 @@ def _is_passthrough(ctx: RewriteContext, node: fx.Node) -> bool:
         if node.target == "squeeze":
             return True
         # view/reshape(N, -1): the channel count must not be hard-coded
-        return len(rest) == 2 and rest[-1] == -1 or (len(rest) == 1 and rest[0][-1:] == (-1,))
+        if len(rest) == 2:
+            return rest[-1] == -1
+        return len(rest) == 1 and isinstance(rest[0], (list, tuple)) and rest[0][-1:] == (-1,)
     return False
 
 
@@ -305,6 +443,12 @@ def move_head_before_pool(ctx: RewriteContext) -> None:
         chain.replace_input_with(features, conv_node)
         node.replace_all_uses_with(node.args[0])
         ctx.graph.erase_node(node)
+        # one entry for the head: it was replaced and moved in one go
+        ctx.report.entries = [
+            e
+            for e in ctx.report.entries
+            if not (e.action == "replaced" and e.name == str(node.target))
+        ]
         ctx.report.add(
             "moved",
             "Linear -> 1x1 BcosConv2d before global pooling",
@@ -368,6 +512,10 @@ def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float
         for u in consumers:
             conv = ctx.gm.get_submodule(u.target)
             w = conv.weight
+            standardized = getattr(conv, "standardize", False)
+            if standardized:  # a weight-standardised conv: fold its effective filter
+                with torch.no_grad():
+                    w = nn.Parameter(conv._weight().detach().clone(), w.requires_grad)
             with torch.no_grad():
                 a = ((1 - mean_t) / std_t).to(w).view(1, -1, 1, 1)
                 c = (-mean_t / std_t).to(w).view(1, -1, 1, 1)
@@ -379,6 +527,9 @@ def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float
                 normalize_weights=conv.normalize_weights,
                 weight=nn.Parameter(w6, requires_grad=w.requires_grad),
             )
+            if standardized:
+                new.standardize = False
+                new.gain = None
             ctx.gm.set_submodule(str(u.target), new)
             u.replace_input_with(x, enc)
             ctx.report.add("folded", "input normalisation into first layer (bias-free)", u.target)

@@ -277,8 +277,19 @@ NEUTRAL_FUNCTIONS = {
     torch.nn.functional.channel_shuffle,
     torch._assert,
     F.leaky_relu,
+    torch.unbind,
+    torch.swapaxes,
+    torch.movedim,
 }
 for _name in (
+    "unbind",
+    "swapaxes",
+    "swapdims",
+    "movedim",
+    "select",
+    "tile",
+    "repeat_interleave",
+    "index_select",
     "size",
     "dim",
     "view",
@@ -432,7 +443,29 @@ def _rule_div(ctx: RewriteContext, node: torch.fx.Node) -> None:
     ctx.unsupported(node, "div", "division by an input-dependent tensor")
 
 
+def constant_label(ctx: RewriteContext, node: torch.fx.Node, const: Any) -> str:
+    """A readable name for a constant: the parameters/buffers it is computed from, or the node."""
+    if isinstance(const, torch.fx.Node):
+        names, stack, seen = [], [const], set()
+        while stack and len(seen) < 64:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "get_attr":
+                names.append(str(n.target))
+            stack.extend(a for a in n.all_input_nodes if a not in ctx.dependent)
+        if names:
+            return "+".join(sorted(set(names)))
+    return f"{ctx.qualname(node)}.constant"
+
+
+_SUB_TARGETS = {operator.sub, torch.sub, "sub", operator.isub, "sub_"}
+
+
 def _rule_add(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """``x + c`` / ``x - c`` / ``c - x`` with a constant ``c``: the constant is added through
+    :class:`~bcosify.nn.AddConstant`, so explanations report its contribution."""
     a, b = node.args[0], node.args[1]
     const_a, const_b = _is_const(ctx, a), _is_const(ctx, b)
     if const_a == const_b:
@@ -440,16 +473,177 @@ def _rule_add(ctx: RewriteContext, node: torch.fx.Node) -> None:
     const = a if const_a else b
     if isinstance(const, (int, float)) and const == 0:
         return
+    if node.kwargs.get("alpha", 1) != 1 or len(node.args) > 2:
+        ctx.unsupported(node, "add", "an add/sub with alpha; write it as x + alpha * y")
+        return
+    if not isinstance(const, (int, float, torch.fx.Node)):
+        ctx.unsupported(node, "add", f"an additive constant of type {type(const).__name__}")
+        return
+    subtract = _is_in(node.target, _SUB_TARGETS)
+    x = b if const_a else a
+    label = constant_label(ctx, node, const)
+    if subtract and const_a:  # c - x = (-x) + c
+        with ctx.graph.inserting_before(node):
+            x = ctx.graph.call_function(operator.neg, (x,))
+        ctx.dependent.add(x)
+    negate = subtract and not const_a
+    if isinstance(const, torch.fx.Node):
+        module = bnn.AddConstant(label, negate=negate)
+        inputs = (x, const)
+    else:
+        module = bnn.AddConstant(label, value=float(const), negate=negate)
+        inputs = (x,)
+    new = ctx.replace_with_module(node, module, "add constant", inputs=inputs, quiet=True)
+    ctx.record(new, "inserted", "AddConstant (constant reported in explanations)", label)
+
+
+for _f in (operator.add, operator.iadd, torch.add, "add", "add_", *_SUB_TARGETS):
+    register_function_rule(_f, _rule_add)
+
+
+def _is_in(target: Any, table: set) -> bool:
+    try:
+        return target in table
+    except TypeError:
+        return False
+
+
+@register_function_rule(torch.cat)
+@register_function_rule(torch.concat)
+@register_function_rule(torch.stack)
+def _rule_cat(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """Constant pieces of a concatenation (a class token) are recorded for explanations."""
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    if not isinstance(tensors, (list, tuple)):
+        return
+    like = next((t for t in tensors if not _is_const(ctx, t)), None)
+    if like is None:
+        return
+    new_tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.fx.Node) or not _is_const(ctx, t):
+            continue
+        label = constant_label(ctx, node, t)
+        name = ctx.add_submodule(f"{node.name}_constant", bnn.RecordConstant(label))
+        with ctx.graph.inserting_before(node):
+            rec = ctx.graph.call_module(name, (t, like))
+        ctx.dependent.add(rec)
+        new_tensors[i] = rec
+        ctx.record(node, "inserted", "RecordConstant (concatenated constant)", label)
+    if node.args:
+        node.args = (type(tensors)(new_tensors),) + tuple(node.args[1:])
+    else:
+        node.update_kwarg("tensors", type(tensors)(new_tensors))
+
+
+@register_function_rule(operator.matmul)
+@register_function_rule(torch.matmul)
+@register_function_rule("matmul")
+@register_function_rule(torch.bmm)
+@register_function_rule("bmm")
+@register_function_rule(torch.einsum)
+def _rule_matmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """``attn @ v``: the attention matrix (a softmax) is detached in explanation mode; a product
+    with a constant matrix is linear."""
+    from bcosify.fx.passes import matmul_operands
+
+    ops = matmul_operands(node)
+    if len(ops) != 2 or any(_is_const(ctx, o) for o in ops):
+        return
+    offset = 1 if node.target is torch.einsum else 0
+    for i, operand in enumerate(ops):
+        if operand in ctx.gates:
+            if offset and isinstance(node.args[1], (list, tuple)):
+                break  # einsum with a list of operands: not rewritten
+            ctx.detach_gate(node, i + offset)
+            return
     ctx.unsupported(
         node,
-        "add",
-        "an additive constant on an input-dependent tensor; explanations would miss it "
-        "(register a rule that adds it with bcosify.nn.add_constant)",
+        getattr(node.target, "__name__", str(node.target)),
+        "a product of two input-dependent tensors where neither is an attention matrix "
+        "(a softmax); register a rule that detaches one factor",
     )
 
 
-for _f in (operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, torch.sub, "sub"):
-    register_function_rule(_f, _rule_add)
+@register_function_rule(F.scaled_dot_product_attention)
+def _rule_sdpa(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """Fused attention is unfused so the attention matrix can be detached."""
+    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]
+    args = dict(zip(names, node.args))
+    args.update(node.kwargs)
+    unknown = set(args) - set(names)
+    if unknown:
+        ctx.unsupported(node, "scaled_dot_product_attention", f"arguments {sorted(unknown)}")
+        return
+    module = bnn.ScaledDotProductAttention()
+    name = ctx.add_submodule(node.name, module)
+    with ctx.graph.inserting_before(node):
+        new = ctx.graph.call_module(name, (), {k: v for k, v in args.items()})
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    ctx.graph.erase_node(node)
+    ctx.dependent.add(new)
+    ctx.report.add(
+        "replaced", "scaled_dot_product_attention -> ScaledDotProductAttention", ctx.qualname(new)
+    )
+
+
+def _rule_functional_norm(kind: str) -> FunctionRule:
+    """``F.layer_norm``/``F.group_norm`` with parameter (or no) affine weights: replaced by the
+    detachable module, sharing the parameters."""
+    names = {
+        "layer_norm": ["input", "normalized_shape", "weight", "bias", "eps"],
+        "group_norm": ["input", "num_groups", "weight", "bias", "eps"],
+    }[kind]
+
+    def rule(ctx: RewriteContext, node: torch.fx.Node) -> None:
+        args = dict(zip(names, node.args))
+        args.update(node.kwargs)
+        weight, bias = args.get("weight"), args.get("bias")
+        params = [a for a in (weight, bias) if a is not None]
+        if not all(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in params):
+            ctx.unsupported(node, f"F.{kind}", "a norm whose affine weights are computed")
+            return
+        w = _fetch(ctx, weight) if weight is not None else None
+        b = _fetch(ctx, bias) if bias is not None else None
+        eps = args.get("eps", 1e-5)
+        if kind == "layer_norm":
+            shape = args["normalized_shape"]
+            shape = (shape,) if not isinstance(shape, (list, tuple)) else tuple(shape)
+            if not all(isinstance(d, int) for d in shape):
+                if w is None:  # a shape read from the input; the weight tells it otherwise
+                    ctx.unsupported(node, "F.layer_norm", "a normalized_shape computed at run time")
+                    return
+                shape = tuple(w.shape)
+            norm = nn.LayerNorm(shape, eps, elementwise_affine=False, device="meta")
+            norm.elementwise_affine = w is not None
+            converted = bnn.DetachableLayerNorm.from_layernorm(
+                _with_params(norm, w, b), keep_bias=ctx.config.keep_bias
+            )
+        else:
+            groups = args["num_groups"]
+            channels = w.shape[0] if w is not None else None
+            if channels is None:
+                ctx.unsupported(node, "F.group_norm", "a group norm without affine weights")
+                return
+            norm = nn.GroupNorm(groups, channels, eps, affine=False, device="meta")
+            norm.affine = True
+            converted = bnn.DetachableGroupNorm.from_groupnorm(
+                _with_params(norm, w, b), keep_bias=ctx.config.keep_bias
+            )
+        ctx.replace_with_module(node, converted, f"F.{kind}", inputs=(args["input"],))
+
+    return rule
+
+
+def _with_params(module: nn.Module, weight: Any, bias: Any) -> nn.Module:
+    module.weight = weight
+    module.bias = bias
+    return module
+
+
+register_function_rule(F.layer_norm, _rule_functional_norm("layer_norm"))
+register_function_rule(F.group_norm, _rule_functional_norm("group_norm"))
 
 
 @register_function_rule(F.pad)
@@ -463,6 +657,20 @@ def _rule_pad(ctx: RewriteContext, node: torch.fx.Node) -> None:
 def is_neutral(target: Any) -> bool:
     try:
         return target in NEUTRAL_FUNCTIONS
+    except TypeError:
+        return False
+
+
+GLU_MODULES: tuple[type, ...] = (nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish)
+GLU_FUNCTIONS = {F.silu, F.gelu, F.mish, F.hardswish, "silu", "gelu"}
+
+
+def is_glu_gate(node: torch.fx.Node, module: nn.Module | None) -> bool:
+    """An activation output that multiplies another tensor (the gate of a GLU)."""
+    if node.op == "call_module":
+        return isinstance(module, GLU_MODULES)
+    try:
+        return node.target in GLU_FUNCTIONS
     except TypeError:
         return False
 
@@ -488,16 +696,19 @@ def _rule_functional_layer(kind: str) -> FunctionRule:
         args = dict(zip(names, node.args))
         args.update(node.kwargs)
         weight, bias = args.get("weight"), args.get("bias")
-        params = [a for a in (weight, bias) if a is not None]
-        if not all(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in params):
+        if not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):
             ctx.unsupported(
                 node,
                 f"F.{kind}",
                 "a functional layer whose weight is computed at run time; register a rule",
             )
             return
-        w = ctx.gm.get_parameter(weight.target)
-        b = ctx.gm.get_parameter(bias.target) if bias is not None else None
+        if bias is not None and not _is_const(ctx, bias):
+            ctx.unsupported(node, f"F.{kind}", "a functional layer with an input-dependent bias")
+            return
+        w = _fetch(ctx, weight)
+        param_bias = isinstance(bias, torch.fx.Node) and bias.op == "get_attr"
+        b = _fetch(ctx, bias) if param_bias else None
         if kind == "linear":
             layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
         else:
@@ -513,14 +724,104 @@ def _rule_functional_layer(kind: str) -> FunctionRule:
                 bias=b is not None,
                 device="meta",
             )
-        layer.weight = w
+        layer.weight = w if isinstance(w, nn.Parameter) else nn.Parameter(w, requires_grad=False)
         if b is not None:
-            layer.bias = b
-        converted = get_module_rule(type(layer))(layer, ctx.config)
-        ctx.replace_with_module(node, converted, f"F.{kind}", inputs=(args["input"],))
+            layer.bias = b if isinstance(b, nn.Parameter) else nn.Parameter(b, requires_grad=False)
+        if kind == "linear" and node in ctx.projections:
+            converted = bnn.PlainLinear.from_linear(layer, keep_bias=ctx.config.keep_bias)
+        else:
+            converted = get_module_rule(type(layer))(layer, ctx.config)
+        new = ctx.replace_with_module(node, converted, f"F.{kind}", inputs=(args["input"],))
+        if bias is not None and not param_bias and ctx.config.keep_bias:
+            # a bias computed from parameters (e.g. concatenated q/k/v biases): a constant term
+            label = constant_label(ctx, new, bias)
+            if kind == "conv2d":
+                with ctx.graph.inserting_after(new):
+                    bias = ctx.graph.call_method("view", (bias, 1, -1, 1, 1))
+            name = ctx.add_submodule(f"{new.name}_bias", bnn.AddConstant(label))
+            with ctx.graph.inserting_after(bias if kind == "conv2d" else new):
+                added = ctx.graph.call_module(name, (new, bias))
+            new.replace_all_uses_with(added)
+            added.args = (new, bias)
+            ctx.dependent.add(added)
 
     return rule
 
 
+def _fetch(ctx: RewriteContext, node: torch.fx.Node) -> torch.Tensor:
+    obj: Any = ctx.gm
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 register_function_rule(F.linear, _rule_functional_layer("linear"))
 register_function_rule(F.conv2d, _rule_functional_layer("conv2d"))
+
+
+@register_module_rule(nn.MultiheadAttention)
+def _mha(module: nn.MultiheadAttention, config: BcosConfig):
+    out_proj = bnn.BcosLinear.from_linear(
+        module.out_proj,
+        b=config.b,
+        keep_bias=config.keep_bias,
+        normalize_weights=config.normalize_weights,
+    )
+    try:
+        return bnn.BcosMultiheadAttention.from_mha(module, out_proj, keep_bias=config.keep_bias)
+    except ValueError as exc:
+        raise BcosifyError(str(exc)) from exc
+
+
+def _constant_pad(module: nn.Module, config: BcosConfig):
+    return KEEP if float(module.value) == 0.0 else None
+
+
+_constant_pad.declined = "padding with a non-zero constant is not linear (only 0 is)"
+for _t in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d):
+    register_module_rule(_t, _constant_pad)
+
+
+@register_module_rule(nn.Conv1d)
+def _conv1d(module: nn.Conv1d, config: BcosConfig):
+    try:
+        return bnn.BcosConv1d.from_conv1d(
+            module,
+            b=config.b,
+            keep_bias=config.keep_bias,
+            normalize_weights=config.normalize_weights,
+        )
+    except ValueError:
+        return None
+
+
+_conv1d.declined = "a Conv1d with non-zero padding mode"
+
+
+def _rmsnorm(module: nn.Module, config: BcosConfig):
+    return bnn.DetachableRmsNorm.from_rmsnorm(module)
+
+
+if hasattr(nn, "RMSNorm"):
+    register_module_rule(nn.RMSNorm, _rmsnorm)
+register_module_rule(nn.Upsample, _keep)  # nearest/bilinear interpolation: linear
+register_module_rule(nn.ZeroPad1d, _keep)
+
+
+@register_function_rule(F.rms_norm)
+def _rule_rms_norm(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    names = ["input", "normalized_shape", "weight", "eps"]
+    args = dict(zip(names, node.args))
+    args.update(node.kwargs)
+    weight = args.get("weight")
+    if weight is not None and not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):
+        ctx.unsupported(node, "F.rms_norm", "an RMS norm whose weight is computed")
+        return
+    shape = args["normalized_shape"]
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    w = _fetch(ctx, weight) if weight is not None else None
+    norm = bnn.DetachableRmsNorm(shape, args.get("eps"), w)
+    ctx.replace_with_module(node, norm, "F.rms_norm", inputs=(args["input"],))
+
+
+NEUTRAL_FUNCTIONS.update({"unfold", F.unfold, F.fold, F.upsample, F.upsample_bilinear})

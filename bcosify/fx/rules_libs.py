@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from bcosify import nn as bnn
@@ -25,12 +26,88 @@ def _layernorm2d(module: nn.LayerNorm, config: BcosConfig):
     return bnn.DetachableLayerNorm2d.from_layernorm(module, keep_bias=config.keep_bias)
 
 
+def _retype(module: nn.Module, cls: type) -> nn.Module:
+    """A shallow copy of ``module`` as an instance of ``cls`` (a subclass that overrides forward),
+    sharing its parameters, buffers and submodules, so state-dict keys stay the same."""
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._modules = dict(module._modules)
+    return new
+
+
+def _plain(linear: nn.Linear, config: BcosConfig) -> bnn.PlainLinear:
+    return bnn.PlainLinear.from_linear(linear, keep_bias=config.keep_bias)
+
+
+def _bcos(linear: nn.Linear, config: BcosConfig) -> bnn.BcosLinear:
+    return bnn.BcosLinear.from_linear(
+        linear, b=config.b, keep_bias=config.keep_bias, normalize_weights=config.normalize_weights
+    )
+
+
 # ---------------------------------------------------------------------------- torchvision
+from torchvision.models import swin_transformer as _tv_swin  # noqa: E402
 from torchvision.models.convnext import LayerNorm2d as _TvLayerNorm2d  # noqa: E402
 from torchvision.ops import StochasticDepth  # noqa: E402
 
 register_module_rule(_TvLayerNorm2d, _layernorm2d)
 register_module_rule(StochasticDepth, rules._keep)
+# zero padding to an even size, four strided slices, a concatenation: linear
+rules.NEUTRAL_FUNCTIONS.add(_tv_swin._patch_merging_pad)
+
+
+class BcosShiftedWindowAttention(bnn.DetachableModule, _tv_swin.ShiftedWindowAttention):
+    """torchvision's Swin (v1) window attention with plain q/k/v, a B-cos output projection and a
+    detachable attention matrix (see :func:`bcosify.nn.shifted_window_attention`)."""
+
+    def _logit_scale(self):
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return bnn.shifted_window_attention(
+            x,
+            self.qkv,
+            self.proj,
+            self.get_relative_position_bias(),
+            tuple(self.window_size),
+            self.num_heads,
+            tuple(self.shift_size),
+            attention_dropout=self.attention_dropout,
+            dropout=self.dropout,
+            logit_scale=self._logit_scale(),
+            training=self.training,
+            detach=self.explanation_mode,
+        )
+
+
+class BcosShiftedWindowAttentionV2(BcosShiftedWindowAttention, _tv_swin.ShiftedWindowAttentionV2):
+    """Swin v2 window attention (cosine attention with a learned logit scale)."""
+
+    def _logit_scale(self):
+        return self.logit_scale
+
+
+@register_module_rule(_tv_swin.ShiftedWindowAttention)
+def _tv_window_attention(module, config: BcosConfig):
+    cls = (
+        BcosShiftedWindowAttentionV2
+        if isinstance(module, _tv_swin.ShiftedWindowAttentionV2)
+        else BcosShiftedWindowAttention
+    )
+    new = _retype(module, cls)
+    new.qkv = _plain(module.qkv, config)
+    new.proj = _bcos(module.proj, config)
+    if cls is BcosShiftedWindowAttentionV2 and new.qkv.bias is not None:
+        # Swin v2 has no key bias (torchvision zeroes that part of the bias on every call)
+        with torch.no_grad():
+            bias = new.qkv.bias.detach().clone()
+            n = bias.numel() // 3
+            bias[n : 2 * n] = 0
+        new.qkv.bias = nn.Parameter(bias, requires_grad=module.qkv.bias.requires_grad)
+    return new
+
 
 # ----------------------------------------------------------------------------------- timm
 import timm.layers as tl  # noqa: E402
@@ -74,3 +151,108 @@ register_module_rule(tla.PReLU, rules._keep)
 for _gate in (tla.Sigmoid, tla.HardSigmoid, tla.Tanh):
     register_module_rule(_gate, rules._keep)
 rules.GATE_MODULES = rules.GATE_MODULES + (tla.Sigmoid, tla.HardSigmoid, tla.Tanh)
+rules.GLU_MODULES = rules.GLU_MODULES + (tla.GELU, tla.GELUTanh, tla.QuickGELU, tla.Swish, tla.Mish)
+
+# Window/grid partition inverses and block reshapes: permutations of the tokens, linear.
+for _module_name, _fn_name in (
+    ("timm.models.swin_transformer", "window_reverse"),
+    ("timm.models.swin_transformer_v2", "window_reverse"),
+    ("timm.models.swin_transformer_v2_cr", "window_reverse"),
+    ("timm.models.davit", "window_reverse"),
+    ("timm.models.gcvit", "window_reverse"),
+    ("timm.models.maxxvit", "window_reverse"),
+    ("timm.models.maxxvit", "window_reverse_nchw"),
+    ("timm.models.maxxvit", "grid_reverse"),
+    ("timm.models.maxxvit", "grid_reverse_nchw"),
+    ("timm.models.nest", "deblockify"),
+    ("timm.models.mvitv2", "reshape_pre_pool"),
+    ("timm.models.mvitv2", "reshape_post_pool"),
+):
+    try:
+        _mod = __import__(_module_name, fromlist=[_fn_name])
+        rules.NEUTRAL_FUNCTIONS.add(getattr(_mod, _fn_name))
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the timm version
+        pass
+
+
+from timm.layers.pool2d_same import MaxPool2dSame as _MaxPool2dSame  # noqa: E402
+
+
+@register_module_rule(_MaxPool2dSame)
+def _max_pool_same(module: _MaxPool2dSame, config: BcosConfig):
+    if config.maxpool == "keep":
+        return KEEP
+    return tl.AvgPool2dSame(module.kernel_size, module.stride, ceil_mode=module.ceil_mode)
+
+
+class BcosStdConv2d(BcosConv2dSame):
+    """B-cos version of timm's weight-standardised convolutions (``StdConv2d``,
+    ``ScaledStdConv2d`` and their 'SAME'-padding variants): the filter is standardised (and, for
+    the scaled variant, multiplied by ``gain * scale``) before the B-cos unit uses it. The
+    standardisation depends on the weight only, so the unit stays dynamic linear in its input."""
+
+    same_pad: bool = False
+    standardize: bool = True
+    std_eps: float = 1e-6
+    scale: float | None = None
+
+    @classmethod
+    def from_conv2d(cls, conv, **kwargs):
+        new = super().from_conv2d(conv, **kwargs)
+        new.same_pad = bool(getattr(conv, "same_pad", isinstance(conv, tl.StdConv2dSame)))
+        new.standardize = bool(getattr(conv, "standardize", True))
+        new.std_eps = float(getattr(conv, "eps", getattr(conv, "std_eps", 1e-6)))
+        new.scale = getattr(conv, "scale", None)
+        gain = getattr(conv, "gain", None)
+        if gain is not None:
+            new.gain = gain
+        return new
+
+    def _weight(self) -> Tensor:
+        w = self.weight
+        if self.standardize:
+            flat = w.reshape(w.shape[0], -1)
+            mean = flat.mean(1, keepdim=True)
+            var = flat.var(1, unbiased=False, keepdim=True)
+            flat = (flat - mean) / torch.sqrt(var + self.std_eps)
+            if getattr(self, "gain", None) is not None:
+                flat = flat * (self.gain.reshape(-1, 1) * self.scale)
+            w = flat.reshape_as(w)
+        if self.normalize_weights:
+            w = w / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)
+        return w
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.same_pad:
+            return super().forward(x)
+        return bnn.BcosConv2d.forward(self, x)
+
+
+def _std_conv(module, config: BcosConfig):
+    return BcosStdConv2d.from_conv2d(
+        module, b=config.b, keep_bias=config.keep_bias, normalize_weights=config.normalize_weights
+    )
+
+
+for _t in (tl.StdConv2d, tl.StdConv2dSame, tl.ScaledStdConv2d, tl.ScaledStdConv2dSame):
+    register_module_rule(_t, _std_conv)
+
+# timm's RMS norms (module, fp32 and 2d variants): detachable rms, no centering
+for _name, _dim in (
+    ("RmsNorm", None),
+    ("RmsNormFp32", None),
+    ("RmsNorm2d", 1),
+    ("RmsNorm2dFp32", 1),
+):
+    _cls = getattr(tl, _name, None)
+    if _cls is not None:
+        register_module_rule(
+            _cls, lambda m, c, _d=_dim: bnn.DetachableRmsNorm.from_rmsnorm(m, channel_dim=_d)
+        )
+
+try:  # crossvit rescales the image for its second branch: an interpolation, linear
+    from timm.models.crossvit import scale_image as _scale_image
+
+    rules.NEUTRAL_FUNCTIONS.add(_scale_image)
+except ImportError:  # pragma: no cover
+    pass

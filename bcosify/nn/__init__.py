@@ -1,11 +1,22 @@
 """B-cos building blocks: pure torch modules with no dependency on the rest of bcosify."""
 
+from .attention import (
+    AddConstant,
+    BcosMultiheadAttention,
+    PlainLinear,
+    RecordConstant,
+    ScaledDotProductAttention,
+    attention,
+    shifted_window_attention,
+)
 from .bcos import BcosConv2d, BcosLinear
+from .conv1d import BcosConv1d
 from .layers import DetachableGate, EncodedNormalize, GatedActivation, InputEncoding, LogitLayer
 from .mode import (
     ConstantRecorder,
     DetachableModule,
     add_constant,
+    constant_leaf,
     is_explanation_mode,
     set_explanation_mode,
 )
@@ -13,12 +24,22 @@ from .norms import (
     DetachableGroupNorm,
     DetachableLayerNorm,
     DetachableLayerNorm2d,
+    DetachableRmsNorm,
     UncenteredBatchNorm1d,
     UncenteredBatchNorm2d,
     UncenteredBatchNormAct2d,
 )
 
 __all__ = [
+    "AddConstant",
+    "BcosMultiheadAttention",
+    "PlainLinear",
+    "RecordConstant",
+    "ScaledDotProductAttention",
+    "attention",
+    "constant_leaf",
+    "shifted_window_attention",
+    "BcosConv1d",
     "BcosConv2d",
     "BcosLinear",
     "ConstantRecorder",
@@ -26,6 +47,7 @@ __all__ = [
     "DetachableGroupNorm",
     "DetachableLayerNorm",
     "DetachableLayerNorm2d",
+    "DetachableRmsNorm",
     "DetachableModule",
     "EncodedNormalize",
     "GatedActivation",

@@ -28,6 +28,13 @@ def _gelu_tanh_gate(x: Tensor) -> Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
+def _tanh_gate(x: Tensor) -> Tensor:
+    # tanh(x) = x * (tanh(x) / x): an odd function through 0 is a gated identity, exactly
+    small = x.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(x), x)
+    return torch.where(small, 1.0 - x * x / 3.0, torch.tanh(safe) / safe)
+
+
 _GATES = {
     "silu": torch.sigmoid,
     "gelu": _gelu_gate,
@@ -35,6 +42,7 @@ _GATES = {
     "quick_gelu": lambda x: torch.sigmoid(1.702 * x),
     "hardswish": F.hardsigmoid,
     "mish": lambda x: torch.tanh(F.softplus(x)),
+    "tanh": _tanh_gate,
 }
 
 
@@ -42,7 +50,8 @@ class GatedActivation(DetachableModule, nn.Module):
     """``x * g(x)`` with the gate ``g(x)`` detached in explanation mode.
 
     Args:
-        kind: one of ``silu``, ``gelu``, ``gelu_tanh``, ``quick_gelu``, ``hardswish``, ``mish``.
+        kind: one of ``silu``, ``gelu``, ``gelu_tanh``, ``quick_gelu``, ``hardswish``, ``mish``,
+            ``tanh`` (``tanh(x) = x * tanh(x) / x``).
 
     Example:
         >>> act = GatedActivation("silu")

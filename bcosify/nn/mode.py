@@ -24,6 +24,7 @@ __all__ = [
     "is_explanation_mode",
     "ConstantRecorder",
     "add_constant",
+    "constant_leaf",
 ]
 
 
@@ -68,8 +69,13 @@ class ConstantRecorder:
             raise ValueError(f"constant {name} has more dimensions than the tensor it is added to")
         c = c.reshape((1,) * (like.dim() - c.dim()) + tuple(c.shape))
         leaf = c.expand((like.shape[0],) + tuple(c.shape[1:])).clone().requires_grad_(True)
-        prefix = self.names.get(id(module), type(module).__name__)
-        self.leaves.append((f"{prefix}.{name}" if prefix else name, leaf))
+        label = getattr(module, "constant_label", None)
+        if label:
+            full = f"{label}.{name}" if name else label
+        else:
+            prefix = self.names.get(id(module), type(module).__name__)
+            full = f"{prefix}.{name}" if prefix else name
+        self.leaves.append((full, leaf))
         return leaf
 
     @contextmanager
@@ -80,6 +86,18 @@ class ConstantRecorder:
             yield self
         finally:
             _local.recorder = previous
+
+
+def constant_leaf(module: nn.Module, name: str, like: Tensor, constant: Tensor) -> Tensor:
+    """Return ``constant``, or while a recorder is active, a recorded per-sample leaf equal to it
+    (for a constant that enters the network linearly, e.g. a concatenated class token).
+
+    ``like`` is an input-dependent tensor that gives the batch size.
+    """
+    recorder = getattr(_local, "recorder", None)
+    if recorder is None or torch.jit.is_scripting():
+        return constant
+    return recorder.record(module, name, like, constant)
 
 
 def add_constant(module: nn.Module, name: str, x: Tensor, constant: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ __all__ = [
     "DetachableLayerNorm2d",
     "DetachableGroupNorm",
     "UncenteredBatchNormAct2d",
+    "DetachableRmsNorm",
 ]
 
 
@@ -210,3 +211,51 @@ class UncenteredBatchNormAct2d(UncenteredBatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.drop(super().forward(x)))
+
+
+class DetachableRmsNorm(DetachableModule, nn.Module):
+    """RMS normalisation ``x / rms(x) * weight`` with the rms detached in explanation mode (no
+    centering, so nothing else to do); ``channel_dim=1`` normalises the channels of N×C×H×W.
+
+    Example:
+        >>> DetachableRmsNorm(8)(torch.rand(2, 8)).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...],
+        eps: float | None = 1e-6,
+        weight: nn.Parameter | None = None,
+        channel_dim: int | None = None,
+    ):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+        self.normalized_shape = tuple(shape)
+        self.eps = eps
+        self.channel_dim = channel_dim
+        self.weight = weight
+
+    @classmethod
+    def from_rmsnorm(cls, norm: nn.Module, channel_dim: int | None = None):
+        eps = getattr(norm, "eps", None)
+        return cls(norm.normalized_shape, eps, getattr(norm, "weight", None), channel_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channel_dim is None:
+            dims = tuple(range(x.dim() - len(self.normalized_shape), x.dim()))
+            shape = self.normalized_shape
+        else:
+            dims = (self.channel_dim,)
+            shape = (-1,) + (1,) * (x.dim() - self.channel_dim - 1)
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        rms = (x.pow(2).mean(dim=dims, keepdim=True) + eps).sqrt()
+        if self.explanation_mode:
+            rms = rms.detach()
+        out = x / rms
+        if self.weight is not None:
+            out = out * self.weight.view(shape)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, channel_dim={self.channel_dim}"
