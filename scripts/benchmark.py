@@ -507,34 +507,43 @@ def markdown(results: dict) -> str:
     for arch, c in results["conversion"].items():
         cell = f"{c['median_s']:.2f}" if "median_s" in c else f"unsupported: {c['unsupported']}"
         lines.append(f"| {arch} | {cell} |")
-    lines += ["", "#### Targets", "", "| target | value | holds |", "| --- | --- | --- |"]
+    lines += ["", "#### Targets", ""]
+    lines += [
+        "| target | wall clock | holds | CPU time | holds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    yes = {True: "yes", False: "**no**"}
     for t in results["targets"]:
-        lines.append(f"| {t['target']} | {t['value']:.2f} | {'yes' if t['holds'] else 'no'} |")
+        lines.append(
+            f"| {t['target']} | {t['wall']:.2f} | {yes[t['holds_wall']]} | {t['cpu']:.2f} | "
+            f"{yes[t['holds_cpu']]} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def targets(results: dict) -> list[dict]:
+    """The issue's targets, judged on the wall-clock and on the CPU-time ratios."""
     out = []
 
-    def add(name, value, limit, at_most=True):
-        holds = value <= limit if at_most else value >= limit
-        out.append({"target": name, "value": value, "limit": limit, "holds": bool(holds)})
+    def add(name, ratio, limit, at_most=True):
+        entry = {"target": name, "limit": limit}
+        for key in ("wall", "cpu"):
+            value = ratio[key]
+            entry[key] = value
+            entry[f"holds_{key}"] = bool(value <= limit if at_most else value >= limit)
+        out.append(entry)
 
     for arch, res in results["architectures"].items():
         for b, f in res["forward"].items():
             r = f["ratios"]
-            add(
-                f"{arch} b{b}: bcosify / reference forward ≤ 1.0", r["bcosify/reference"]["wall"], 1
-            )
-            add(
-                f"{arch} b{b}: bcosify / original forward ≤ 1.3", r["bcosify/original"]["wall"], 1.3
-            )
+            add(f"{arch} b{b}: bcosify / reference forward ≤ 1.0", r["bcosify/reference"], 1)
+            add(f"{arch} b{b}: bcosify / original forward ≤ 1.3", r["bcosify/original"], 1.3)
         e = res["explain"]["ratios"]
         n = res["explain"]["batch"]
-        add(f"{arch}: explain / forward (batch {n}) ≤ 2.2", e["explain/forward"]["wall"], 2.2)
+        add(f"{arch}: explain / forward (batch {n}) ≤ 2.2", e["explain/forward"], 2.2)
         add(
             f"{arch}: explain + to_rgba throughput / reference loop ≥ 1.5",
-            e["throughput bcosify_explain_rgba/reference_loop"]["wall"],
+            e["throughput bcosify_explain_rgba/reference_loop"],
             1.5,
             at_most=False,
         )

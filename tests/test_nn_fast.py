@@ -57,12 +57,17 @@ def reference_conv(m: BcosConv2d, x: torch.Tensor, detach: bool) -> torch.Tensor
     return (grouped * scale).flatten(1, 2)
 
 
+PATHS = [(False, "plain"), (True, "explain"), (True, "explain_frozen"), (True, "inference")]
+
+
 def run_paths(module, x):
-    """Outputs (and input gradients of a random projection) of the three paths."""
+    """Outputs (and input gradients of a random projection) of every path; ``explain_frozen`` is
+    explanation mode with weights that do not require grad (as inside ``bcosify.explain``)."""
     probe = torch.randn_like(reference_out_shape(module, x))
     results = {}
-    for path in ("plain", "explain", "inference"):
-        set_explanation_mode(module, path == "explain")
+    for _, path in PATHS:
+        set_explanation_mode(module, path.startswith("explain"))
+        module.weight.requires_grad_(path != "explain_frozen")
         xi = x.clone().requires_grad_(path != "inference")
         if path == "inference":
             with torch.no_grad():
@@ -72,6 +77,7 @@ def run_paths(module, x):
             (grad,) = torch.autograd.grad((out * probe).sum(), xi)
             results[path] = (out.detach(), grad)
     set_explanation_mode(module, False)
+    module.weight.requires_grad_(True)
     return results, probe
 
 
@@ -89,7 +95,7 @@ def test_conv_paths_agree_with_definition(case, b, normalize):
     nn.init.normal_(module.weight)
     x = torch.randn(3, kwargs["in_channels"], 9, 9)
     results, probe = run_paths(module, x)
-    for detach, path in [(False, "plain"), (True, "explain"), (True, "inference")]:
+    for detach, path in PATHS:
         xr = x.clone().requires_grad_(True)
         expected = reference_conv(module, xr, detach)
         out, grad = results[path]
@@ -161,7 +167,7 @@ def test_linear_paths_agree_with_definition(shape, kwargs):
     module = BcosLinear(7, 5, **kwargs)
     x = torch.randn(shape)
     results, probe = run_paths(module, x)
-    for detach, path in [(False, "plain"), (True, "explain"), (True, "inference")]:
+    for detach, path in PATHS:
         xr = x.clone().requires_grad_(True)
         expected = reference_linear(module, xr, detach)
         out, grad = results[path]

@@ -94,9 +94,28 @@ def _scale_inplace(
 
 
 @torch.no_grad()
-def _detached_scale(out: Tensor, inv_norm: Tensor, b: float) -> Tensor:
-    """``|cos|^(B-1)`` as a new tensor outside the autograd graph (explanation mode)."""
-    return _cos_scale_(out.detach().abs(), inv_norm, b)
+def _detached_scale(
+    out: Tensor, inv_norm: Tensor, b: float, inv_wnorm: Tensor | None = None
+) -> Tensor:
+    """The factor ``s`` with ``out * s = (out * inv_wnorm) * |cos|^(B-1)``, as a new tensor
+    outside the autograd graph (explanation mode)."""
+    s = out.detach().abs()
+    if inv_wnorm is None:
+        return _cos_scale_(s, inv_norm, b)
+    return _cos_scale_(s.mul_(inv_wnorm), inv_norm, b).mul_(inv_wnorm)
+
+
+def _fold_weight_norm(module: nn.Module, path: str) -> bool:
+    """Whether unit-norm weights are applied to the output (a per-unit factor inside the scaling
+    pass) instead of normalising the weight: outside the plain path, when no gradient flows to
+    the weight."""
+    return (
+        module.normalize_weights
+        and module.max_out == 1
+        and module.b != 1
+        and path != _PLAIN
+        and not (torch.is_grad_enabled() and module.weight.requires_grad)
+    )
 
 
 class BcosConv2d(DetachableModule, nn.Conv2d):
@@ -257,9 +276,9 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         path = _path(self, x, self.weight)
-        # inference with unit-norm weights: convolve with the raw weight and fold 1/||w|| into
-        # the scaling pass (no normalised copy of the weight per call)
-        fold = path == _INFERENCE and self.normalize_weights and self.max_out == 1 and self.b != 1
+        # unit-norm weights without a weight gradient: convolve with the raw weight and fold
+        # 1/||w|| into the scaling pass (no normalised copy of the weight per call)
+        fold = _fold_weight_norm(self, path)
         out = self._conv_forward(x, self.weight if fold else self._weight(), None)
         if self.max_out > 1:
             out = out.unflatten(1, (-1, self.max_out)).amax(2)
@@ -281,17 +300,17 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
             return (out * scale).flatten(1, 2)
         inv = self._inv_patch_norms(x)
         view, inv = (out.unflatten(1, (g, -1)), inv.unsqueeze(2)) if grouped else (out, inv)
+        inv_w = None
+        if fold:
+            with torch.no_grad():
+                wn = torch.linalg.vector_norm(self.weight, dim=(1, 2, 3))
+            inv_w = wn.reciprocal_().view((g, -1, 1, 1) if grouped else (-1, 1, 1))
         if path == _INFERENCE:
-            inv_w = None
-            if fold:
-                with torch.no_grad():
-                    wn = torch.linalg.vector_norm(self.weight, dim=(1, 2, 3))
-                inv_w = wn.reciprocal_().view((g, -1, 1, 1) if grouped else (-1, 1, 1))
             _scale_inplace(view, inv, self.b, inv_w)
             return out
         # explanation mode with a graph: the scale is a constant; the fresh convolution output
         # is multiplied in place (its backward does not need it; max-out's does)
-        scale = _detached_scale(view, inv, self.b)
+        scale = _detached_scale(view, inv, self.b, inv_w)
         if not grouped and self.max_out == 1:
             return out.mul_(scale)
         return (view * scale).flatten(1, 2) if grouped else out * scale
@@ -361,7 +380,7 @@ class BcosLinear(DetachableModule, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         path = _path(self, x, self.weight)
-        fold = path == _INFERENCE and self.normalize_weights and self.max_out == 1 and self.b != 1
+        fold = _fold_weight_norm(self, path)
         w = self.weight
         if self.normalize_weights and not fold:
             w = w / torch.linalg.vector_norm(w, dim=1, keepdim=True)
@@ -383,7 +402,7 @@ class BcosLinear(DetachableModule, nn.Linear):
             inv_w = torch.linalg.vector_norm(self.weight, dim=1).reciprocal_() if fold else None
         if path == _INFERENCE:
             return _scale_inplace(out, inv, self.b, inv_w)
-        scale = _detached_scale(out, inv, self.b)
+        scale = _detached_scale(out, inv, self.b, inv_w)
         return out.mul_(scale) if self.max_out == 1 else out * scale
 
     def extra_repr(self) -> str:
