@@ -287,8 +287,9 @@ def bench_conversion(archs: list[str], repeats: int) -> dict:
             result[arch] = {"median_s": statistics.median(times), "samples_s": times}
             print(f"  convert {arch}: {result[arch]['median_s']:.2f} s", flush=True)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded, not raised
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            reason = f"{type(exc).__name__}: {first}"[:300]
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            reason = f"{type(exc).__name__}: {message}"
+            reason = reason if len(reason) <= 300 else reason[:297] + "..."
             result[arch] = {"unsupported": reason}
             print(f"  convert {arch}: unsupported: {reason}", flush=True)
     return result
