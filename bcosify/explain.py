@@ -224,8 +224,11 @@ def explain(
     handle = encoder.register_forward_hook(_leaf)
     try:
         model.eval()
+        # the parameters enter as constants: autograd then keeps only what the input gradient
+        # needs (not, e.g., every norm layer's input for its weight gradient)
+        params = {name: p.detach() for name, p in model.named_parameters()}
         with explanation_mode(model), torch.enable_grad(), recorder.active():
-            logits = model(x)
+            logits = torch.func.functional_call(model, params, (x,))
     finally:
         handle.remove()
         model.train(was_training)

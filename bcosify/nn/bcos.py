@@ -22,14 +22,100 @@ __all__ = ["BcosConv2d", "BcosLinear"]
 
 _EPS_NORM = 1e-6
 _EPS_COS = 1e-6
+# Largest temporary (in bytes) the inference path allocates at once: elementwise work on big
+# activations runs in batch chunks of about this size, so temporaries stay in cache and below the
+# allocator's mmap threshold (every fresh mmap costs one page fault per 4 KiB page).
+_CHUNK_BYTES = 4 * 2**20
+
+# How a forward pass runs (see ``_path``).
+_PLAIN, _EXPLAIN, _INFERENCE = "plain", "explain", "inference"
+
+
+def _path(module: DetachableModule, x: Tensor, weight: Tensor) -> str:
+    """Which implementation a forward pass uses; all three compute the same values.
+
+    * ``plain``: differentiable ops throughout: autograd records a graph through the dynamic
+      scale (training), or the module is being scripted or symbolically traced.
+    * ``explain``: explanation mode with a graph: the dynamic scale is a constant, computed
+      outside the graph, and multiplies the output in place.
+    * ``inference``: no graph (``torch.no_grad``, or nothing requires grad): the scale is
+      computed and applied in place, in batch chunks, and unit-norm weights are folded into the
+      output instead of being materialised.
+    """
+    if torch.jit.is_scripting() or isinstance(x, torch.fx.Proxy):
+        return _PLAIN
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return _INFERENCE
+    return _EXPLAIN if module.explanation_mode else _PLAIN
 
 
 def _dynamic_scale(out: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
+    """``|cos|^(B-1)`` with ``cos = out / norm``, differentiable (the plain path)."""
     if detach:
         out, norm = out.detach(), norm.detach()
     if b == 2:
         return out.abs() / norm
     return ((out / norm).abs() + _EPS_COS).pow(b - 1)
+
+
+def _batch_chunks(t: Tensor) -> list[slice]:
+    """Batch slices of ``t`` of at most about ``_CHUNK_BYTES`` each (one slice when ``t`` is
+    small or has no batch dimension)."""
+    n = t.shape[0] if t.dim() > 1 else 0
+    step = max(1, _CHUNK_BYTES // max(t.numel() // n * t.element_size(), 1)) if n else 1
+    if n <= step:
+        return [slice(None)]
+    return [slice(i, i + step) for i in range(0, n, step)]
+
+
+def _cos_scale_(s: Tensor, inv_norm: Tensor, b: float) -> Tensor:
+    """In place on ``s = |out|``: ``|cos| = s * inv_norm``, raised to ``B - 1``."""
+    s.mul_(inv_norm)
+    if b != 2:
+        s.add_(_EPS_COS).pow_(b - 1)
+    return s
+
+
+@torch.no_grad()
+def _scale_inplace(
+    out: Tensor, inv_norm: Tensor, b: float, inv_wnorm: Tensor | None = None
+) -> Tensor:
+    """``out = (out * inv_wnorm) * |cos|^(B-1)`` in place, in batch chunks (no graph).
+
+    ``inv_norm`` (1 / input norm) has ``out``'s batch size and broadcasts against it;
+    ``inv_wnorm`` (1 / weight norm, per output unit) broadcasts against ``out``.
+    """
+    for part in _batch_chunks(out):
+        chunk = out[part]
+        if inv_wnorm is not None:
+            chunk.mul_(inv_wnorm)
+        chunk.mul_(_cos_scale_(chunk.abs(), inv_norm[part], b))
+    return out
+
+
+@torch.no_grad()
+def _detached_scale(
+    out: Tensor, inv_norm: Tensor, b: float, inv_wnorm: Tensor | None = None
+) -> Tensor:
+    """The factor ``s`` with ``out * s = (out * inv_wnorm) * |cos|^(B-1)``, as a new tensor
+    outside the autograd graph (explanation mode)."""
+    s = out.detach().abs()
+    if inv_wnorm is None:
+        return _cos_scale_(s, inv_norm, b)
+    return _cos_scale_(s.mul_(inv_wnorm), inv_norm, b).mul_(inv_wnorm)
+
+
+def _fold_weight_norm(module: nn.Module, path: str) -> bool:
+    """Whether unit-norm weights are applied to the output (a per-unit factor inside the scaling
+    pass) instead of normalising the weight: outside the plain path, when no gradient flows to
+    the weight."""
+    return (
+        module.normalize_weights
+        and module.max_out == 1
+        and module.b != 1
+        and path != _PLAIN
+        and not (torch.is_grad_enabled() and module.weight.requires_grad)
+    )
 
 
 class BcosConv2d(DetachableModule, nn.Conv2d):
@@ -129,11 +215,8 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
             w = w / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)
         return w
 
-    def patch_norms(self, x: Tensor) -> Tensor:
-        """L2 norm of every input patch (per group), shape N x G x H' x W'."""
-        sq = x * x
-        g = self.groups
-        sq = sq.sum(1, keepdim=True) if g == 1 else sq.unflatten(1, (g, -1)).sum(2)
+    def _window_sums(self, sq: Tensor) -> Tensor:
+        """Sum of ``sq`` (N x G x H x W) over every kernel window, N x G x H' x W'."""
         padding = self.padding
         if self.padding_mode != "zeros":
             sq = F.pad(sq, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -145,28 +228,92 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
             and padding[0] <= kh // 2
             and padding[1] <= kw // 2
         ):
-            sums = F.avg_pool2d(sq, self.kernel_size, self.stride, padding) * (kh * kw)
+            return F.avg_pool2d(sq, self.kernel_size, self.stride, padding, divisor_override=1)
+        ones = sq.new_ones(sq.shape[1], 1, kh, kw)
+        return F.conv2d(sq, ones, None, self.stride, padding, self.dilation, sq.shape[1])
+
+    def patch_norms(self, x: Tensor) -> Tensor:
+        """L2 norm of every input patch (per group), shape N x G x H' x W'.
+
+        Example:
+            >>> BcosConv2d(6, 8, 3, padding=1).patch_norms(torch.ones(1, 6, 4, 4))[0, 0, 1, 1]
+            tensor(7.3485)
+        """
+        sq = x * x
+        g = self.groups
+        sq = sq.sum(1, keepdim=True) if g == 1 else sq.unflatten(1, (g, -1)).sum(2)
+        return (self._window_sums(sq) + _EPS_NORM).sqrt()
+
+    @torch.no_grad()
+    def _inv_patch_norms(self, x: Tensor) -> Tensor:
+        """``1 / patch_norms(x)`` outside the autograd graph, with small temporaries.
+
+        A 1x1 kernel without padding needs no window sum (a stride just subsamples the input);
+        a channels-last input is reduced over its contiguous channel dimension in one pass;
+        otherwise the squares are summed in batch chunks.
+        """
+        x = x.detach()
+        g = self.groups
+        pointwise = self.kernel_size == (1, 1) and self.padding in ((0, 0), "valid")
+        if pointwise and self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        if g == 1 and x.is_contiguous(memory_format=torch.channels_last):
+            sums = torch.linalg.vector_norm(x, dim=1, keepdim=True).square_()
         else:
-            ones = sq.new_ones(g, 1, kh, kw)
-            sums = F.conv2d(sq, ones, None, self.stride, padding, self.dilation, g)
-        return (sums + _EPS_NORM).sqrt()
+            parts = _batch_chunks(x)
+            sums = None if len(parts) == 1 else x.new_empty((x.shape[0], g, *x.shape[2:]))
+            for part in parts:
+                xc = x[part]
+                sq = xc * xc
+                sq = sq.sum(1, keepdim=True) if g == 1 else sq.unflatten(1, (g, -1)).sum(2)
+                if sums is None:
+                    sums = sq
+                else:
+                    sums[part] = sq
+        if not pointwise:
+            sums = self._window_sums(sums)
+        return sums.add_(_EPS_NORM).rsqrt_()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._conv_forward(x, self._weight(), None)
+        path = _path(self, x, self.weight)
+        # unit-norm weights without a weight gradient: convolve with the raw weight and fold
+        # 1/||w|| into the scaling pass (no normalised copy of the weight per call)
+        fold = _fold_weight_norm(self, path)
+        out = self._conv_forward(x, self.weight if fold else self._weight(), None)
         if self.max_out > 1:
             out = out.unflatten(1, (-1, self.max_out)).amax(2)
         if self.b != 1:
-            norm = self.patch_norms(x)
-            g = self.groups
-            if g == 1 or out.shape[1] == g:
-                out = out * _dynamic_scale(out, norm, self.b, self.explanation_mode)
-            else:
-                grouped = out.unflatten(1, (g, -1))
-                scale = _dynamic_scale(grouped, norm.unsqueeze(2), self.b, self.explanation_mode)
-                out = (grouped * scale).flatten(1, 2)
+            out = self._bcos_scale(x, out, path, fold)
         if self.bias is not None:
             out = add_constant(self, "bias", out, self.bias.view(1, -1, 1, 1))
         return out
+
+    def _bcos_scale(self, x: Tensor, out: Tensor, path: str, fold: bool) -> Tensor:
+        g = self.groups
+        grouped = g > 1 and out.shape[1] != g
+        if path == _PLAIN:
+            norm = self.patch_norms(x)
+            if not grouped:
+                return out * _dynamic_scale(out, norm, self.b, self.explanation_mode)
+            out = out.unflatten(1, (g, -1))
+            scale = _dynamic_scale(out, norm.unsqueeze(2), self.b, self.explanation_mode)
+            return (out * scale).flatten(1, 2)
+        inv = self._inv_patch_norms(x)
+        view, inv = (out.unflatten(1, (g, -1)), inv.unsqueeze(2)) if grouped else (out, inv)
+        inv_w = None
+        if fold:
+            with torch.no_grad():
+                wn = torch.linalg.vector_norm(self.weight, dim=(1, 2, 3))
+            inv_w = wn.reciprocal_().view((g, -1, 1, 1) if grouped else (-1, 1, 1))
+        if path == _INFERENCE:
+            _scale_inplace(view, inv, self.b, inv_w)
+            return out
+        # explanation mode with a graph: the scale is a constant; the fresh convolution output
+        # is multiplied in place (its backward does not need it; max-out's does)
+        scale = _detached_scale(view, inv, self.b, inv_w)
+        if not grouped and self.max_out == 1:
+            return out.mul_(scale)
+        return (view * scale).flatten(1, 2) if grouped else out * scale
 
     def extra_repr(self) -> str:
         s = super().extra_repr() + f", b={self.b:g}"
@@ -232,18 +379,31 @@ class BcosLinear(DetachableModule, nn.Linear):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
+        path = _path(self, x, self.weight)
+        fold = _fold_weight_norm(self, path)
         w = self.weight
-        if self.normalize_weights:
+        if self.normalize_weights and not fold:
             w = w / torch.linalg.vector_norm(w, dim=1, keepdim=True)
         out = F.linear(x, w)
         if self.max_out > 1:
             out = out.unflatten(-1, (-1, self.max_out)).amax(-1)
         if self.b != 1:
-            norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) + 1e-12
-            out = out * _dynamic_scale(out, norm, self.b, self.explanation_mode)
+            out = self._bcos_scale(x, out, path, fold)
         if self.bias is not None:
             out = add_constant(self, "bias", out, self.bias)
         return out
+
+    def _bcos_scale(self, x: Tensor, out: Tensor, path: str, fold: bool) -> Tensor:
+        if path == _PLAIN:
+            norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) + 1e-12
+            return out * _dynamic_scale(out, norm, self.b, self.explanation_mode)
+        with torch.no_grad():
+            inv = (torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True) + 1e-12).reciprocal_()
+            inv_w = torch.linalg.vector_norm(self.weight, dim=1).reciprocal_() if fold else None
+        if path == _INFERENCE:
+            return _scale_inplace(out, inv, self.b, inv_w)
+        scale = _detached_scale(out, inv, self.b, inv_w)
+        return out.mul_(scale) if self.max_out == 1 else out * scale
 
     def extra_repr(self) -> str:
         s = super().extra_repr() + f", b={self.b:g}"
