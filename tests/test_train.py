@@ -502,3 +502,20 @@ def test_finetune_a_saved_model_dir(tmp_path, folder):
 def test_hub_dataset_offline_error():
     with pytest.raises(RecipeError, match="could not load the hub dataset"):
         build_datasets(DataSection(backend="hf", hf_name="no-such-user/no-such-dataset"))
+
+
+def test_streaming_hf_imagefolder(tmp_path, folder):
+    """A streamed dataset has no length: the run is bounded by train.max_steps."""
+    overrides = [
+        f"data.root={folder}",
+        f"output={tmp_path / 'run'}",
+        "data.backend=hf-imagefolder",
+        "data.streaming=true",
+        *FAST,
+    ]
+    with pytest.raises(RecipeError, match="max_steps"):
+        finetune(TINY, overrides)
+    assert not (tmp_path / "run").exists()  # a recipe error writes nothing
+    result = finetune(TINY, [*overrides, "train.max_steps=3"])
+    assert result.global_step == 3
+    assert "val/top1" in result.metrics[-1]

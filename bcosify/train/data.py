@@ -229,11 +229,12 @@ def build_datasets(data: DataSection, seed: int = 0) -> tuple[Dataset, Dataset |
 
             train_base = _image_folder(ImageFolder, train_dir)
             val_base = _image_folder(ImageFolder, val_dir) if val_dir else None
+            train = SeededDataset(train_base, train_tf, seed)
+            val = TransformedDataset(val_base, eval_tf) if val_base is not None else None
         else:
-            train_base = _hf_folder(train_dir, data)
-            val_base = _hf_folder(val_dir, data) if val_dir else None
-        train = SeededDataset(train_base, train_tf, seed)
-        val = TransformedDataset(val_base, eval_tf) if val_base is not None else None
+            train_raw = _hf_folder(train_dir, data)
+            val_raw = _hf_folder(val_dir, data) if val_dir else None
+            train, val = _wrap_hf(train_raw, val_raw, data, train_tf, eval_tf, seed)
     if val is not None and class_names(train) and class_names(val):
         if class_names(train) != class_names(val):
             raise RecipeError(
@@ -299,10 +300,26 @@ def _hf_folder(path: Path, data: DataSection):
     import datasets
 
     try:
-        ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+        return datasets.load_dataset(
+            "imagefolder", data_dir=str(path), split="train", streaming=data.streaming
+        )
     except Exception as e:  # datasets raises many types for a bad folder
         raise RecipeError(f"HF datasets could not read the image folder {path}: {e}") from e
-    return _HFAdapter(ds, data.image_column, data.label_column)
+
+
+def _wrap_hf(train_raw, val_raw, data: DataSection, train_tf, eval_tf, seed: int):
+    """HF datasets as ``(tensor, label)`` datasets: map-style, or iterable when streaming."""
+    columns = (data.image_column, data.label_column)
+    if data.streaming:
+        train_raw = train_raw.shuffle(seed=seed, buffer_size=1000)  # a shuffle buffer
+        train = _HFStreamingAdapter(train_raw, train_tf, *columns, seed)
+        val = _HFStreamingAdapter(val_raw, eval_tf, *columns, seed) if val_raw is not None else None
+        return train, val
+    train = SeededDataset(_HFAdapter(train_raw, *columns), train_tf, seed)
+    val = (
+        TransformedDataset(_HFAdapter(val_raw, *columns), eval_tf) if val_raw is not None else None
+    )
+    return train, val
 
 
 def _hub(data: DataSection, train_tf, eval_tf, seed: int):
@@ -321,19 +338,4 @@ def _hub(data: DataSection, train_tf, eval_tf, seed: int):
 
     train_raw = load(data.train_split)
     val_raw = load(data.val_split) if data.val_split else None
-    if data.streaming:
-        train = _HFStreamingAdapter(train_raw, train_tf, data.image_column, data.label_column, seed)
-        val = (
-            _HFStreamingAdapter(val_raw, eval_tf, data.image_column, data.label_column, seed)
-            if val_raw is not None
-            else None
-        )
-        return train, val
-    train_base = _HFAdapter(train_raw, data.image_column, data.label_column)
-    train = SeededDataset(train_base, train_tf, seed)
-    val = (
-        TransformedDataset(_HFAdapter(val_raw, data.image_column, data.label_column), eval_tf)
-        if val_raw is not None
-        else None
-    )
-    return train, val
+    return _wrap_hf(train_raw, val_raw, data, train_tf, eval_tf, seed)

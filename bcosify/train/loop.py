@@ -197,7 +197,7 @@ class _Run:
             ),
             step_scheduler_with_optimizer=False,
         )
-        checkpoint = self._prepare_output_dir()
+        checkpoint = self._check_output_dir()
         set_seed(r.train.seed)
 
         train_ds, val_ds = self._datasets()
@@ -227,6 +227,7 @@ class _Run:
         self.steps_per_epoch = self._steps_per_epoch(train_loader)
         self.class_names = class_names(train_ds) or None
         optimizer = self._optimizer(student)
+        self._create_output_dir(checkpoint)
         student, optimizer, train_loader = acc.prepare(student, optimizer, train_loader)
         if val_loader is not None:
             val_loader = acc.prepare(val_loader)
@@ -312,8 +313,10 @@ class _Run:
                 out.append("tensorboard")
         return out
 
-    def _prepare_output_dir(self) -> Path | None:
-        acc, out = self.accelerator, self.out
+    def _check_output_dir(self) -> Path | None:
+        """Refuse an output directory in the way (nothing is written yet); the checkpoint to
+        resume from, if any."""
+        out = self.out
         exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
         checkpoint = None
         if self.resume:
@@ -335,12 +338,18 @@ class _Run:
                     f"--overwrite: {out} does not look like a bcosify run (no {RECIPE_NAME}); "
                     "refusing to delete it, choose another output"
                 )
+        return checkpoint
+
+    def _create_output_dir(self, checkpoint: Path | None) -> None:
+        """Write the output directory, once the recipe, the data and the model are known good."""
+        acc, out = self.accelerator, self.out
+        exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
         acc.wait_for_everyone()
         if acc.is_main_process:
             if exists and self.overwrite:
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
-            if checkpoint is not None:
+            if checkpoint is not None and (out / RECIPE_NAME).exists():
                 previous = (out / RECIPE_NAME).read_text(encoding="utf-8")
                 if previous != self.recipe.to_yaml():
                     (out / "recipe.previous.yaml").write_text(previous, encoding="utf-8")
@@ -350,7 +359,6 @@ class _Run:
                     )
             (out / RECIPE_NAME).write_text(self.recipe.to_yaml(), encoding="utf-8")
         acc.wait_for_everyone()
-        return checkpoint
 
     def _student(self, data_classes: int | None) -> nn.Module:
         import bcosify
