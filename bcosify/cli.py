@@ -19,6 +19,7 @@ _EPILOGS = {
     "inspect": """examples:
   bcosify inspect resnet50
   bcosify inspect timm/tf_efficientnet_lite0 --activation keep""",
+    "evaluate": "",  # bcosify.evaluate.command.EPILOG
     "explain": """examples:
   bcosify explain lite0-bcos cat.jpg dog.png --out explanations
   bcosify explain lite0-bcos cat.jpg --target 281 --out explanations""",
@@ -56,6 +57,13 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=None)
 
 
+def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
+    from bcosify.evaluate.command import EPILOG, add_arguments
+
+    p.epilog = EPILOG
+    add_arguments(p)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bcosify",
@@ -81,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("inspect", "print the conversion report without writing anything")
     _add_conversion_options(p)
+
+    p = add("evaluate", "top-1/top-5 or the grid pointing game of a model on an image folder")
+    _add_evaluate_options(p)
 
     p = add("explain", "explain images with a converted model; one figure per image")
     p.add_argument("model_dir", help="a directory written by `bcosify convert`")
@@ -154,6 +165,12 @@ def _cmd_inspect(args) -> int:
     report = analyze(source, _config(args))
     print(report)
     return 0 if report.ok else 1
+
+
+def _cmd_evaluate(args) -> int:
+    from bcosify.evaluate.command import run
+
+    return run(args)
 
 
 def _class_names(num_classes: int) -> list[str] | None:
@@ -268,6 +285,7 @@ def _cmd_demo(args) -> int:
 _COMMANDS = {
     "convert": _cmd_convert,
     "inspect": _cmd_inspect,
+    "evaluate": _cmd_evaluate,
     "explain": _cmd_explain,
     "models": _cmd_models,
     "demo": _cmd_demo,
