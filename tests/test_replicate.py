@@ -101,8 +101,8 @@ def test_quick_run_on_fake_data(tmp_path):
     assert len(acc["bcosified"]) == s["epochs"]
     assert len(acc["scratch"]) == s["scratch_epochs"]
     assert all(0.0 <= a <= 100.0 for curve in acc.values() for a in curve)
-    # the easy fake classes are learnt: far above chance (10 %)
-    assert acc["standard"][-1] > 50.0 and acc["bcosified"][-1] > 50.0
+    # the easy fake classes are being learnt: far above chance (10 %) after a few dozen steps
+    assert min(acc["standard"][-1], acc["bcosified"][-1], acc["scratch"][-1]) > 30.0
     # the speed-up is recomputed from the curves in the file
     assert results["speedup"] == rep.speedup(acc["bcosified"], acc["scratch"])
     # the curves come from finetune's own metrics files
@@ -113,7 +113,10 @@ def test_quick_run_on_fake_data(tmp_path):
     assert g["n_grids"] >= 1
     names = set(g["summary"])
     assert {"B-cos (B-cosified)", "B-cos (from scratch)", "Grad-CAM", "uniform"} <= names
-    assert g["summary"]["uniform"]["mean"] == pytest.approx(1 / 9)
+    assert (
+        g["grid_size"] == 2
+    )  # --quick: 2x2 grids (its barely trained models agree on few classes)
+    assert g["summary"]["uniform"]["mean"] == pytest.approx(1 / 4)
     for st in g["summary"].values():
         assert 0.0 <= st["q1"] <= st["median"] <= st["q3"] <= 1.0
     assert (published / "r.png").stat().st_size > 1000
