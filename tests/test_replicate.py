@@ -123,3 +123,10 @@ def test_quick_run_on_fake_data(tmp_path):
     md = (out / "results.md").read_text()
     assert "| epoch | standard (CE) | B-cosified | B-cos from scratch |" in md
     assert "Grid pointing game" in md
+    assert "Mean score per explained class" in md
+    # --rerender rebuilds the same tables from the saved run without training
+    (out / "results.md").unlink()
+    assert rep.main(["--rerender", "--out", str(out)]) == 0
+    assert (out / "results.md").read_text() == md
+    with pytest.raises(SystemExit):
+        rep.main(["--train-size", "-1"])
