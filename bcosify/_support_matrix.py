@@ -1584,12 +1584,12 @@ SUPPORT_MATRIX = [
  {
   "model": "timm/regnety_040_sgn",
   "library": "timm",
-  "status": "complete, not equivalent",
+  "status": "pass",
   "size": 64,
-  "equivalence": 1.0836113691329956,
-  "completeness": 3.111490229912306e-07,
-  "convert_s": 0.1665767920003418,
-  "reason": "B=1 conversion differs (see error)"
+  "equivalence": 1.4637894309998956e-06,
+  "completeness": 6.583518938896304e-07,
+  "convert_s": 0.24446853699919302,
+  "reason": ""
  },
  {
   "model": "timm/repghostnet_050",
@@ -1824,12 +1824,12 @@ SUPPORT_MATRIX = [
  {
   "model": "timm/vit_tiny_r_s16_p8_224",
   "library": "timm",
-  "status": "complete, not equivalent",
+  "status": "pass",
   "size": 64,
-  "equivalence": 0.00451112724840641,
+  "equivalence": 6.179323008836946e-07,
   "completeness": 3.7197642086539418e-06,
-  "convert_s": 0.11084165700049198,
-  "reason": "B=1 conversion differs (see error)"
+  "convert_s": 0.20625993700014078,
+  "reason": ""
  },
  {
   "model": "timm/vit_relpos_small_patch16_224",
@@ -1854,12 +1854,12 @@ SUPPORT_MATRIX = [
  {
   "model": "timm/vitamin_small_224",
   "library": "timm",
-  "status": "error",
+  "status": "pass",
   "size": 64,
-  "equivalence": None,
-  "completeness": None,
-  "convert_s": 0.16241794800043863,
-  "reason": "RuntimeError: The size of tensor a (32) must match the size of tensor b (64) at non-singleton dimension 3"
+  "equivalence": 3.1705897640676994e-07,
+  "completeness": 6.568774324478e-07,
+  "convert_s": 0.28331709899975976,
+  "reason": ""
  },
  {
   "model": "timm/volo_d1_224",

@@ -325,3 +325,31 @@ def test_product_of_two_activations_is_the_one_clear_error():
         bcosify.convert(Bilinear(), mean=MEAN, std=STD)
     assert len(info.value.nodes) == 1
     assert "neither is an attention matrix" in str(info.value)
+
+
+def test_timm_norm_act_layers_keep_their_activation():
+    """timm's LayerNormAct(2d), GroupNormAct and RmsNormAct2d subclass the plain norms but apply
+    an activation in forward: the conversion keeps it (a plain-norm rule would drop it)."""
+
+    class NormActs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.ln2d = timm.layers.LayerNormAct2d(8, act_layer=nn.GELU)
+            self.gn = timm.layers.GroupNormAct(8, 2, act_layer=nn.SiLU)
+            self.rms = timm.layers.RmsNormAct2d(8, act_layer=nn.ReLU)
+            self.ln = timm.layers.LayerNormAct(8, act_layer=nn.Hardswish)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.rms(self.gn(self.ln2d(self.conv(x))))
+            x = self.ln(F.adaptive_avg_pool2d(x, 1).flatten(1))
+            return self.fc(x)
+
+    conv, _ = check(_randomize_all(NormActs()), torch.rand(2, 3, 8, 8))
+    assert type(conv.ln2d) is bnn.DetachableLayerNormAct2d
+    assert type(conv.gn) is bnn.DetachableGroupNormAct
+    assert type(conv.rms) is bnn.DetachableRmsNormAct
+    assert type(conv.ln) is bnn.DetachableLayerNormAct
+    assert isinstance(conv.gn.act, bnn.GatedActivation)  # SiLU becomes a detachable gate
+    assert isinstance(conv.rms.act, nn.Identity)  # ReLU removed by default

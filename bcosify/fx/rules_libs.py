@@ -127,6 +127,51 @@ def _bn_act(module: tl.BatchNormAct2d, config: BcosConfig):
     )
 
 
+def _norm_act_rule(act_cls: type, build):
+    """timm's ``*NormAct`` layers subclass the plain norm but add dropout and an activation in
+    their ``forward``: the plain norm's rule alone would drop the activation."""
+
+    def rule(module: nn.Module, config: BcosConfig) -> nn.Module:
+        new = build(module, config)
+        new.__class__ = act_cls
+        new.drop = module.drop
+        new.act = _convert_submodule(module.act, config)
+        return new
+
+    return rule
+
+
+def _rule_of(cls: type):
+    def build(module: nn.Module, config: BcosConfig) -> nn.Module:
+        return rules.get_module_rule(cls)(module, config)
+
+    return build
+
+
+def _plain_layernorm(module: nn.LayerNorm, config: BcosConfig):
+    return bnn.DetachableLayerNorm.from_layernorm(module, keep_bias=config.keep_bias)
+
+
+def _plain_groupnorm(module: nn.GroupNorm, config: BcosConfig):
+    return bnn.DetachableGroupNorm.from_groupnorm(module, keep_bias=config.keep_bias)
+
+
+_NORM_ACT = [
+    ("LayerNormAct", bnn.DetachableLayerNormAct, _plain_layernorm),
+    ("LayerNormActFp32", bnn.DetachableLayerNormAct, _plain_layernorm),
+    ("LayerNormAct2d", bnn.DetachableLayerNormAct2d, _layernorm2d),
+    ("LayerNormAct2dFp32", bnn.DetachableLayerNormAct2d, _layernorm2d),
+    ("GroupNormAct", bnn.DetachableGroupNormAct, _plain_groupnorm),
+    ("RmsNormAct", bnn.DetachableRmsNormAct, _rule_of(getattr(tl, "RmsNorm", None))),
+    ("RmsNormActFp32", bnn.DetachableRmsNormAct, _rule_of(getattr(tl, "RmsNorm", None))),
+    ("RmsNormAct2d", bnn.DetachableRmsNormAct, _rule_of(getattr(tl, "RmsNorm2d", None))),
+    ("RmsNormAct2dFp32", bnn.DetachableRmsNormAct, _rule_of(getattr(tl, "RmsNorm2d", None))),
+]
+for _name, _cls, _build in _NORM_ACT:
+    if hasattr(tl, _name):
+        register_module_rule(getattr(tl, _name), _norm_act_rule(_cls, _build))
+
+
 class BcosConv2dSame(bnn.BcosConv2d):
     """B-cos version of timm's ``Conv2dSame`` (TensorFlow 'SAME' padding computed per input)."""
 

@@ -22,9 +22,13 @@ from .mode import (
 )
 from .norms import (
     DetachableGroupNorm,
+    DetachableGroupNormAct,
     DetachableLayerNorm,
     DetachableLayerNorm2d,
+    DetachableLayerNormAct,
+    DetachableLayerNormAct2d,
     DetachableRmsNorm,
+    DetachableRmsNormAct,
     UncenteredBatchNorm1d,
     UncenteredBatchNorm2d,
     UncenteredBatchNormAct2d,
@@ -32,6 +36,10 @@ from .norms import (
 
 __all__ = [
     "AddConstant",
+    "DetachableGroupNormAct",
+    "DetachableLayerNormAct",
+    "DetachableLayerNormAct2d",
+    "DetachableRmsNormAct",
     "BcosMultiheadAttention",
     "PlainLinear",
     "RecordConstant",

@@ -24,6 +24,10 @@ __all__ = [
     "DetachableGroupNorm",
     "UncenteredBatchNormAct2d",
     "DetachableRmsNorm",
+    "DetachableLayerNormAct",
+    "DetachableLayerNormAct2d",
+    "DetachableGroupNormAct",
+    "DetachableRmsNormAct",
 ]
 
 
@@ -259,3 +263,27 @@ class DetachableRmsNorm(DetachableModule, nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, channel_dim={self.channel_dim}"
+
+
+class _ActAfter:
+    """Dropout and an activation after the norm, as in timm's ``*NormAct`` layers; ``drop`` and
+    ``act`` are submodules, so state-dict keys match the source layer."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+class DetachableLayerNormAct(_ActAfter, DetachableLayerNorm):
+    """:class:`DetachableLayerNorm` + dropout + activation (timm's ``LayerNormAct``)."""
+
+
+class DetachableLayerNormAct2d(_ActAfter, DetachableLayerNorm2d):
+    """:class:`DetachableLayerNorm2d` + dropout + activation (timm's ``LayerNormAct2d``)."""
+
+
+class DetachableGroupNormAct(_ActAfter, DetachableGroupNorm):
+    """:class:`DetachableGroupNorm` + dropout + activation (timm's ``GroupNormAct``)."""
+
+
+class DetachableRmsNormAct(_ActAfter, DetachableRmsNorm):
+    """:class:`DetachableRmsNorm` + dropout + activation (timm's ``RmsNormAct*``)."""
