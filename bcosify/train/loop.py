@@ -231,10 +231,6 @@ class _Run:
         student, optimizer, train_loader = acc.prepare(student, optimizer, train_loader)
         if val_loader is not None:
             val_loader = acc.prepare(val_loader)
-        try:
-            self.batches_per_epoch: int | None = len(train_loader)
-        except TypeError:
-            self.batches_per_epoch = None
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         acc.register_for_checkpointing(scheduler)
         ema = None
@@ -317,7 +313,7 @@ class _Run:
         """Refuse an output directory in the way (nothing is written yet); the checkpoint to
         resume from, if any."""
         out = self.out
-        exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
+        exists = self.existed = out.exists() and (not out.is_dir() or any(out.iterdir()))
         checkpoint = None
         if self.resume:
             checkpoint = latest_checkpoint(out)
@@ -343,10 +339,9 @@ class _Run:
     def _create_output_dir(self, checkpoint: Path | None) -> None:
         """Write the output directory, once the recipe, the data and the model are known good."""
         acc, out = self.accelerator, self.out
-        exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            if exists and self.overwrite:
+            if self.existed and self.overwrite:
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
             if checkpoint is not None and (out / RECIPE_NAME).exists():
@@ -445,6 +440,9 @@ class _Run:
         return torch.stack([tf(base[int(i)][0]) for i in picks])
 
     def _steps_per_epoch(self, loader: DataLoader) -> int | None:
+        """Optimiser steps per epoch (None for a stream); sets ``batches_per_epoch``, the batches
+        each process sees per epoch (what ``len`` of the prepared loader gives, with drop_last)."""
+        self.batches_per_epoch: int | None = None
         try:
             batches = len(loader)
         except TypeError:
@@ -455,6 +453,7 @@ class _Run:
                 raise RecipeError("a streaming dataset has no length: set train.max_steps")
             return None
         per_process = batches // world
+        self.batches_per_epoch = per_process
         if per_process < 1:
             raise RecipeError(
                 f"the training set is smaller than one batch per process ({batches} batches for "
