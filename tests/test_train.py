@@ -519,3 +519,37 @@ def test_streaming_hf_imagefolder(tmp_path, folder):
     result = finetune(TINY, [*overrides, "train.max_steps=3"])
     assert result.global_step == 3
     assert "val/top1" in result.metrics[-1]
+
+
+def test_more_bad_inputs_name_the_fix(tmp_path, folder, capsys):
+    base = [f"data.root={folder}", *FAST]
+    with pytest.raises(RecipeError, match="lower data.batch_size"):
+        finetune(TINY, [*base, f"output={tmp_path / 'a'}", "data.batch_size=64"])
+    with pytest.raises(RecipeError, match="mixup/cutmix need labels"):
+        finetune(
+            TINY,
+            [
+                *base,
+                f"output={tmp_path / 'b'}",
+                "train.loss=distill",
+                "model.num_classes=null",
+                "data.augment.mixup=0.2",
+            ],
+        )
+    source = bcosify.build_model("resnet18", weights="none", num_classes=4)
+    bcosify.save(bcosify.convert(source), tmp_path / "random")
+    with pytest.raises(RecipeError, match="set train.distill.teacher"):
+        finetune(
+            TINY,
+            [
+                *base,
+                f"output={tmp_path / 'c'}",
+                "model.source=null",
+                "model.num_classes=null",
+                f"model.model_dir={tmp_path / 'random'}",
+                "train.loss=distill",
+            ],
+        )
+    assert not any((tmp_path / n).exists() for n in "abc")  # nothing written on bad input
+    assert main(["demo", "--finetune-steps", "-1", "--out", str(tmp_path / "d")]) == 2
+    assert "--finetune-steps must be >= 0" in capsys.readouterr().err

@@ -227,6 +227,7 @@ class _Run:
         self.steps_per_epoch = self._steps_per_epoch(train_loader)
         self.class_names = class_names(train_ds) or None
         optimizer = self._optimizer(student)
+        self.mixup = self._mixup()
         self._create_output_dir(checkpoint)
         student, optimizer, train_loader = acc.prepare(student, optimizer, train_loader)
         if val_loader is not None:
@@ -520,7 +521,7 @@ class _Run:
     # ------------------------------------------------------------------ training
     def _train(self, train_loader, val_loader) -> None:
         acc, r, state = self.accelerator, self.recipe, self.state
-        mixup = self._mixup()
+        mixup = self.mixup
         bar = None
         if r.log.progress_bar and acc.is_local_main_process:
             from tqdm.auto import tqdm
