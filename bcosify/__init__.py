@@ -13,6 +13,7 @@ from bcosify.convert import analyze, convert, is_converted
 from bcosify.errors import BcosifyError, ModelSourceError, TraceError, UnsupportedLayerError
 from bcosify.explain import Explanation, explain, explanation_mode
 from bcosify.fx import KEEP, REMOVE, register_function_rule, register_module_rule
+from bcosify.fx.nodemap import NodeMap, node_map
 from bcosify.io import load, save
 from bcosify.report import ConversionReport
 from bcosify.sources import build_model
@@ -27,6 +28,7 @@ __all__ = [
     "ConversionReport",
     "Explanation",
     "ModelSourceError",
+    "NodeMap",
     "TraceError",
     "UnsupportedLayerError",
     "analyze",
@@ -36,6 +38,7 @@ __all__ = [
     "explanation_mode",
     "is_converted",
     "load",
+    "node_map",
     "register_function_rule",
     "register_module_rule",
     "save",

@@ -13,7 +13,7 @@ from torch import nn
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, UnsupportedLayerError
-from bcosify.fx import passes, trace
+from bcosify.fx import nodemap, passes, trace
 from bcosify.preprocessing import IMAGENET_DEFAULT, Preprocessing
 from bcosify.report import ConversionReport
 
@@ -83,6 +83,11 @@ def _run(
     was_training = model.training
     source = copy.deepcopy(model).eval()
     gm = trace(source, tuple(config.leaf_modules) + tuple(config.skip_modules))
+    nodemap.tag_origins(gm.graph)
+    outputs = nodemap.scope_outputs(gm.graph)
+    blocks = nodemap.block_modules(source, outputs, gm.graph)
+    first_input = {n.name: n.all_input_nodes[0].name for n in gm.graph.nodes if n.all_input_nodes}
+    head_input = nodemap.head_input(source, gm.graph)
     ctx = passes.RewriteContext(gm, config, report)
     passes.convert_nodes(ctx)
     report.unsupported = list(ctx.unsupported_nodes)
@@ -100,6 +105,14 @@ def _run(
         passes.add_logit(ctx, logit_bias)
     gm.graph.lint()
     gm.recompile()
+    gm.meta["bcosify_node_map"] = nodemap.collect(
+        gm,
+        outputs,
+        blocks,
+        ctx.aliases,
+        first_input.get(ctx.pool_origin, head_input),
+        nodemap.channels_last_blocks(source, blocks),
+    ).to_dict()
     gm.delete_all_unused_submodules()
     gm.train(was_training)
     gm.bcosify_config = config

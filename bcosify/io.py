@@ -117,6 +117,9 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
         "config": config.to_dict(),
         "versions": _versions(),
     }
+    node_map = getattr(model, "meta", {}).get("bcosify_node_map")
+    if node_map is not None:
+        meta["node_map"] = node_map  # source node -> converted node (bcosify.node_map)
 
     tag = uuid.uuid4().hex[:12]
     tmp_weights = out / f".{WEIGHTS_NAME}.{tag}.tmp"
@@ -311,6 +314,17 @@ def load(
             + ("; pass the matching model= architecture" if model is not None else "")
         )
     _load_strict(converted, state_dict, weights_path)
+    saved_map = meta.get("node_map")
+    if saved_map is not None and saved_map != converted.meta.get("bcosify_node_map"):
+        import warnings
+
+        warnings.warn(
+            f"{config_path}: the node map saved with the model differs from the one this bcosify "
+            "computes for it (another version converted it); node names for feature alignment "
+            "are those of bcosify.node_map(model)",
+            UserWarning,
+            stacklevel=2,
+        )
 
     converted.bcosify_preprocessing = preprocessing
     converted.transform = preprocessing.transform()

@@ -553,3 +553,136 @@ def test_more_bad_inputs_name_the_fix(tmp_path, folder, capsys):
     assert not any((tmp_path / n).exists() for n in "abc")  # nothing written on bad input
     assert main(["demo", "--finetune-steps", "-1", "--out", str(tmp_path / "d")]) == 2
     assert "--finetune-steps must be >= 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- alignment
+ALIGN = ["train.loss=align", "model.num_classes=null", *FAST]
+
+
+def _csv_rows(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_align_finetune_with_bf16_and_ema(tmp_path, folder):
+    """train.loss align: the feature distance falls, per-node distances and the agreement with
+    the teacher are logged per step, the taps leave the returned and the saved model."""
+    out = tmp_path / "run"
+    result = finetune(
+        TINY,
+        [
+            f"data.root={folder}",
+            f"output={out}",
+            *ALIGN,
+            "train.epochs=3",
+            "train.eval_every_steps=2",
+            "train.mixed_precision=bf16",
+            "train.ema_decay=0.5",
+            "train.align.logit_start_step=4",
+            "train.align.weights={layer4.1: 2.0}",
+        ],
+    )
+    rows = [r for r in _csv_rows(out) if r.get("train/feature")]
+    assert len(rows) == result.global_step == 12
+    first, last = float(rows[0]["train/feature"]), float(rows[-1]["train/feature"])
+    assert last < 0.8 * first, (first, last)
+    assert {"align/layer1.0", "align/layer4.1", "train/logit"} <= set(rows[0])
+    # the logit term joins at step 4: before it the loss is the feature term alone
+    for r in rows:
+        parts = float(r["train/feature"]) + (float(r["train/logit"]) if int(r["step"]) > 4 else 0)
+        assert abs(float(r["train/loss"]) - parts) < 1e-3 * max(1.0, parts), r
+    agree = [r for r in _csv_rows(out) if r.get("val/agree")]
+    assert [int(r["step"]) for r in agree] == [2, 4, 6, 8, 10, 12]  # eval every 2 steps
+    assert not any("align_tap" in n for n, _ in result.model.named_children())
+    assert "align_tap" not in result.model.code
+    loaded = bcosify.load(result.model_dir)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), result.model(x))
+    assert (out / "curves.png").is_file()
+
+
+def test_align_bad_nodes_fail_before_anything_is_written(tmp_path, folder):
+    out = tmp_path / "run"
+    with pytest.raises(RecipeError, match="layer3"):
+        finetune(
+            TINY, [f"data.root={folder}", f"output={out}", *ALIGN, "train.align.nodes=[layer33]"]
+        )
+    assert not out.exists()
+
+
+def test_align_failed_run_leaves_the_given_model_untouched(tmp_path, folder):
+    from bcosify.sources import demo_photos
+
+    source = torchvision_resnet18_eval()
+    model = bcosify.convert(source, mean=(0.5,) * 3, std=(0.5,) * 3)
+    code = model.code
+    photos = [(image, 0) for _, image in demo_photos()]
+
+    class Boom:
+        def on_step_end(self, state, model):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        finetune(
+            {
+                "data": {"image_size": 32, "batch_size": 2, "num_workers": 0},
+                "train": {"epochs": 1, "loss": "align"},
+                "output": str(tmp_path / "r"),
+                "log": {"trackers": ["csv"], "explain_images": 0},
+            },
+            model=model,
+            teacher=source,
+            train_dataset=photos,
+            callbacks=[Boom()],
+        )
+    assert model.code == code
+
+
+def torchvision_resnet18_eval():
+    import torchvision
+
+    return torchvision.models.resnet18().eval()
+
+
+def test_align_resume_after_sigkill_and_two_processes(tmp_path, folder):
+    """Alignment under the process tests of the loop: SIGKILL + --resume gives the uninterrupted
+    weights, and two gloo processes end with identical weights."""
+    common = [*ALIGN, "train.epochs=1"]
+    ref = _worker(str(TINY), str(tmp_path / "ref"), str(folder), *common)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = tmp_path / "killed"
+    killed = _worker(str(TINY), str(run), str(folder), "--kill-after-step", "3", *common)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = _worker(str(TINY), str(run), str(folder), "--resume", *common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "ref"), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    out, digests = tmp_path / "ddp", tmp_path / "digests"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(WORKER),
+        str(TINY),
+        str(out),
+        str(folder),
+        "--digest-dir",
+        str(digests),
+        "data.batch_size=4",
+        *common,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (digests / "rank0.txt").read_text() == (digests / "rank1.txt").read_text()
+    rows = _csv_rows(out)
+    assert [r["step"] for r in rows if r.get("train/feature")] == ["1", "2", "3", "4"]
+    assert float(rows[-2]["train/feature"]) < float(rows[0]["train/feature"])

@@ -13,7 +13,7 @@ from torch import fx, nn
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError
-from bcosify.fx import rules
+from bcosify.fx import nodemap, rules
 from bcosify.report import ConversionReport
 
 __all__ = ["RewriteContext", "convert_nodes", "move_head_before_pool", "encode_input", "add_logit"]
@@ -33,6 +33,10 @@ class RewriteContext:
         self.projections = _find_projections(self)
         self._replaced: dict[str, Any] = {}
         self._counter = 0
+        # for the node map: removed source node -> the source node whose value replaces it, and
+        # the (source) global pooling node in front of the classifier
+        self.aliases: dict[str, str] = {}
+        self.pool_origin: str | None = None
 
     # -- helpers used by rules -------------------------------------------------------------
     def qualname(self, node: fx.Node) -> str:
@@ -63,6 +67,10 @@ class RewriteContext:
     def remove_node(self, node: fx.Node, what: str) -> None:
         self.record(node, "removed", what)
         source = node.args[0] if node.args else node.kwargs["input"]
+        origin = node.meta.get(nodemap.ORIGIN)
+        into = source.meta.get(nodemap.ORIGIN) if isinstance(source, fx.Node) else None
+        if origin is not None and into is not None:
+            self.aliases[origin] = into
         node.replace_all_uses_with(source)
         self.graph.erase_node(node)
 
@@ -440,6 +448,16 @@ def move_head_before_pool(ctx: RewriteContext) -> None:
         with ctx.graph.inserting_before(chain):
             conv_node = ctx.graph.call_module(str(node.target), (features,))
         conv_node.meta = dict(node.meta)
+        # node map: the per-position head has no source counterpart, the pooled chain now
+        # carries logits (the head's value), and ``features`` is what fed the pooling
+        conv_node.meta.pop(nodemap.ORIGIN, None)
+        ctx.pool_origin = chain.meta.get(nodemap.ORIGIN)
+        link = chain
+        while link is not node:
+            link.meta.pop(nodemap.ORIGIN, None)
+            link = next(iter(link.users))
+        if nodemap.ORIGIN in node.meta:
+            node.args[0].meta[nodemap.ORIGIN] = node.meta[nodemap.ORIGIN]
         chain.replace_input_with(features, conv_node)
         node.replace_all_uses_with(node.args[0])
         ctx.graph.erase_node(node)

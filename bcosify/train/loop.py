@@ -46,6 +46,9 @@ from bcosify.train.recipe import MODEL_CHOICE, Recipe, RecipeError, load_recipe
 
 __all__ = ["finetune", "FinetuneResult", "TrainState", "TrainingError", "latest_checkpoint"]
 
+LABEL_FREE = ("distill", "align")
+"""Losses that learn from the teacher and use no labels."""
+
 RECIPE_NAME = "recipe.yaml"
 STATE_NAME = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
@@ -137,11 +140,11 @@ def finetune(
         recipe = load_recipe(recipe, list(overrides))
     if resume and overwrite:
         raise TrainingError("resume and overwrite exclude each other: choose one")
+    run = _Run(recipe, resume, overwrite, model, teacher, train_dataset, val_dataset, callbacks)
     try:
-        return _Run(
-            recipe, resume, overwrite, model, teacher, train_dataset, val_dataset, callbacks
-        )()
+        return run()
     finally:
+        run._remove_taps()  # a failed run leaves the caller's model as it was given
         _release_accelerate_state()
 
 
@@ -203,7 +206,10 @@ class _Run:
         train_ds, val_ds = self._datasets()
         student = self._student(len(class_names(train_ds)) or None)
         self.num_classes = int(student.bcosify_num_classes)
-        teacher = self._teacher(student) if r.train.loss == "distill" else None
+        teacher = self._teacher(student) if r.train.loss in LABEL_FREE else None
+        self.taps = None
+        if r.train.loss == "align":
+            teacher = self._align(student, teacher)
         self._check_classes(train_ds)
         self.fixed_images = self._fixed_images(val_ds if val_ds is not None else train_ds)
 
@@ -232,6 +238,7 @@ class _Run:
         student, optimizer, train_loader = acc.prepare(student, optimizer, train_loader)
         if val_loader is not None:
             val_loader = acc.prepare(val_loader)
+        self.val_loader = val_loader
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         acc.register_for_checkpointing(scheduler)
         ema = None
@@ -362,7 +369,7 @@ class _Run:
 
         m = self.recipe.model
         num_classes = m.num_classes
-        if num_classes is None and data_classes and self.recipe.train.loss != "distill":
+        if num_classes is None and data_classes and self.recipe.train.loss not in LABEL_FREE:
             num_classes = data_classes  # the pretrained head is kept when the counts agree
         if self.user_model is not None:
             if not bcosify.is_converted(self.user_model):
@@ -408,6 +415,26 @@ class _Run:
         teacher.eval().requires_grad_(False)
         return teacher
 
+    def _align(self, student: nn.Module, teacher: nn.Module) -> nn.Module:
+        """Tap the student at the aligned nodes; the teacher returns its features there too."""
+        from bcosify.train.align import FeatureTaps, TeacherFeatures, align_nodes
+
+        a = self.recipe.train.align
+        try:
+            self.align_nodes = align_nodes(student, a.nodes, a.weights)
+        except BcosifyError as e:
+            raise RecipeError(str(e)) from e
+        features = TeacherFeatures(teacher, student, self.align_nodes)
+        self.taps = FeatureTaps(student, self.align_nodes)
+        names = ", ".join(n.name for n in self.align_nodes[:4])
+        more = f" and {len(self.align_nodes) - 4} more" if len(self.align_nodes) > 4 else ""
+        self.accelerator.print(f"aligning features at {len(self.align_nodes)} nodes: {names}{more}")
+        return features
+
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.teacher(self.teacher_normalize(images))
+        return (out[0] if isinstance(out, tuple) else out).float()
+
     def _datasets(self) -> tuple[Dataset, Dataset | None]:
         r = self.recipe
         if self.user_train is not None:
@@ -424,7 +451,7 @@ class _Run:
 
     def _check_classes(self, train_ds: Dataset) -> None:
         names = class_names(train_ds)
-        if self.recipe.train.loss != "distill" and names and len(names) != self.num_classes:
+        if self.recipe.train.loss not in LABEL_FREE and names and len(names) != self.num_classes:
             raise RecipeError(
                 f"the training data has {len(names)} classes but the model has "
                 f"{self.num_classes} outputs; convert the source with model.num_classes: "
@@ -501,14 +528,28 @@ class _Run:
             return BCEWithOffTargets(self.num_classes)
         if t.loss == "ce":
             return SoftCrossEntropy()
+        if t.loss == "align":
+            from bcosify.train.align import AlignmentLoss
+
+            a = t.align
+            return AlignmentLoss(
+                self.align_nodes,
+                metric=a.metric,
+                logit_weight=a.logit_weight,
+                temperature=t.distill.temperature,
+                logit_start_step=a.logit_start_step,
+            )
         return DistillationLoss(t.distill.temperature)
 
     def _mixup(self):
         a = self.recipe.data.augment
         if a.mixup <= 0 and a.cutmix <= 0:
             return None
-        if self.recipe.train.loss == "distill":
-            raise RecipeError("mixup/cutmix need labels; they do not apply to train.loss distill")
+        if self.recipe.train.loss in LABEL_FREE:
+            raise RecipeError(
+                f"mixup/cutmix need labels; they do not apply to train.loss "
+                f"{self.recipe.train.loss}"
+            )
         from timm.data import Mixup
 
         return Mixup(
@@ -561,20 +602,24 @@ class _Run:
         acc, r, state = self.accelerator, self.recipe, self.state
         model = self.student
         model.train()
-        seen, t0, running = 0, time.perf_counter(), []
+        seen, t0, running, running_parts = 0, time.perf_counter(), [], []
         for images, labels in loader:
             with acc.accumulate(model):
                 if self.teacher is None:
                     self._check_labels(labels)
                 if mixup is not None:
                     images, labels = mixup(images, labels)
-                logits = model(images)
-                if self.teacher is not None:
-                    with torch.no_grad(), acc.autocast():
-                        target = self.teacher(self.teacher_normalize(images)).float()
+                if self.taps is not None:
+                    loss, parts = self._align_loss(model, images)
+                    running_parts.append(parts)
                 else:
-                    target = labels
-                loss = self.loss_fn(logits, target)
+                    logits = model(images)
+                    if self.teacher is not None:
+                        with torch.no_grad(), acc.autocast():
+                            target = self._teacher_logits(images)
+                    else:
+                        target = labels
+                    loss = self.loss_fn(logits, target)
                 self._check_finite(loss)
                 acc.backward(loss)
                 if acc.sync_gradients and r.train.agc is not None:
@@ -600,10 +645,11 @@ class _Run:
                 # a collective: every process reaches it at the same step
                 mean_loss = float(acc.reduce(torch.stack(running).mean(), "mean"))
                 running = []
-                acc.log(
-                    {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate},
-                    step=state.global_step,
-                )
+                values = {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate}
+                if running_parts:
+                    values.update(_mean_parts(acc, running_parts))
+                    running_parts = []
+                acc.log(values, step=state.global_step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
@@ -614,6 +660,10 @@ class _Run:
                 )
             every = r.train.checkpoint_every_steps
             last_batch = batches is not None and state.batch_in_epoch >= batches
+            n = r.train.eval_every_steps
+            if n and state.global_step % n == 0 and self.val_loader is not None and not last_batch:
+                acc.log(self._validate(self.val_loader), step=state.global_step)
+                model.train()
             if every and state.global_step % every == 0 and not last_batch:
                 self._checkpoint()  # (the epoch end writes its own)
             for cb in self.callbacks:
@@ -626,6 +676,17 @@ class _Run:
         state.epoch += 1
         state.batch_in_epoch = 0
         return True
+
+    def _align_loss(self, model, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        acc = self.accelerator
+        with self.taps.capture() as feats:
+            logits = model(images)
+        with torch.no_grad(), acc.autocast():
+            t_logits, t_feats = self.teacher(self.teacher_normalize(images))
+        try:
+            return self.loss_fn(logits, feats, t_logits, t_feats, step=self.state.global_step)
+        except BcosifyError as e:
+            raise TrainingError(str(e)) from e
 
     def _check_labels(self, labels: torch.Tensor) -> None:
         if labels.dim() != 1:
@@ -695,16 +756,20 @@ class _Run:
         model = self.ema.module if self.ema is not None else self.student
         was = model.training
         model.eval()
-        correct1 = correct5 = total = 0
+        correct1 = correct5 = total = agree = 0
         loss_sum = 0.0
         k = min(5, self.num_classes)
+        loss_fn = getattr(self.loss_fn, "logit_loss", self.loss_fn)  # align: its KL part
         for images, labels in loader:
             logits = model(images)
             if self.teacher is not None:
-                target = self.teacher(self.teacher_normalize(images)).float()
+                target = self._teacher_logits(images)
             else:
                 target = labels
-            loss = self.loss_fn(logits, target) * images.shape[0]
+            loss = loss_fn(logits, target) * images.shape[0]
+            if self.teacher is not None:
+                same = (logits.argmax(1) == target.argmax(1)).long()
+                agree += int(acc.gather_for_metrics(same).sum())
             logits, labels = acc.gather_for_metrics((logits.float(), labels))
             loss_sum += float(acc.reduce(loss.detach(), "sum"))
             top = logits.topk(k, dim=1).indices
@@ -713,11 +778,14 @@ class _Run:
             total += labels.shape[0]
         model.train(was)
         total = max(total, 1)
-        return {
+        out = {
             "val/loss": loss_sum / total,
             "val/top1": 100.0 * correct1 / total,
             f"val/top{k}": 100.0 * correct5 / total,
         }
+        if self.teacher is not None:
+            out["val/agree"] = 100.0 * agree / total  # top-1 agreement with the teacher
+        return out
 
     def _explain_fixed(self, epoch: int) -> None:
         if self.fixed_images is None:
@@ -756,18 +824,29 @@ class _Run:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
+    def _remove_taps(self) -> None:
+        from bcosify.train.align import remove_taps
+
+        if getattr(self, "taps", None) is None:
+            return
+        self.taps.remove()
+        if getattr(self, "ema", None) is not None:
+            remove_taps(self.ema.module)
+
     def _finish(self) -> FinetuneResult:
         import bcosify
 
         acc = self.accelerator
         acc.wait_for_everyone()
+        self._remove_taps()
         model = self.ema.module if self.ema is not None else acc.unwrap_model(self.student)
         for m, target in self.target_b:
             m.b = target
         model_dir = self.out / "model"
         if acc.is_main_process:
             bcosify.save(model, model_dir, overwrite=True)
-            _plot_curves(self.state.history, self.out / "curves.png")
+            log_csv = self.out / "logs" / "metrics.csv"
+            _plot_curves(self.state.history, self.out / "curves.png", log_csv)
         acc.wait_for_everyone()
         acc.end_training()  # closes the trackers and the process group
         return FinetuneResult(
@@ -840,6 +919,18 @@ def _release_accelerate_state() -> None:
             reset()
 
 
+def _mean_parts(acc, parts: list[dict]) -> dict[str, float]:
+    """Mean of each loss part over the steps since the last log, over all processes; per-node
+    distances are logged as ``align/<node>``, the feature and logit terms as ``train/...``."""
+    keys = sorted(parts[0])
+    means = torch.stack([torch.stack([p[k] for p in parts]).mean() for k in keys])
+    means = acc.reduce(means, "mean").tolist()
+    out = {}
+    for key, value in zip(keys, means):
+        out[f"align/{key[5:]}" if key.startswith("node/") else f"train/{key}"] = value
+    return out
+
+
 def _copy_bcosify_attributes(source: nn.Module, target: nn.Module) -> None:
     """A deep copy of a GraphModule (the EMA) drops plain attributes; bring back the ones that
     :func:`bcosify.save` and :func:`bcosify.explain` read."""
@@ -870,22 +961,51 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def _plot_curves(history: list[dict], path: Path) -> None:
+def _plot_curves(history: list[dict], path: Path, log_csv: Path | None = None) -> None:
+    """Training curves: every logged scalar against the optimiser step (from the CSV log, so
+    per-step losses and the evaluations of ``train.eval_every_steps`` show), else the per-epoch
+    history."""
+    import csv
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    if not history:
+    series: dict[str, list[tuple[float, float]]] = {}
+    if log_csv is not None and log_csv.exists():
+        with open(log_csv, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if not row.get("step"):
+                    continue
+                for key, value in row.items():
+                    if key == "step" or value in (None, "") or key.startswith("align/"):
+                        continue
+                    try:
+                        series.setdefault(key, []).append((float(row["step"]), float(value)))
+                    except ValueError:
+                        continue
+        series.pop("train/images_per_s", None)
+        xlabel = "step"
+    if not series:
+        for h in history:
+            for key, value in h.items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    series.setdefault(key, []).append((h["epoch"], value))
+        xlabel = "epoch"
+    if not series:
         return
-    epochs = [h["epoch"] for h in history]
-    keys = [k for k in history[-1] if k not in ("epoch", "step")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(e, h[key]) for e, h in zip(epochs, history) if key in h]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
-        ax.set_title(key)
-        ax.set_xlabel("epoch")
+    keys = sorted(series, key=lambda k: (not k.startswith("train/loss"), k))
+    cols = min(4, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(keys) :]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
+        pts = sorted(series[key])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel(xlabel)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -28,6 +28,7 @@ __all__ = [
     "OptimSection",
     "TrainSection",
     "DistillSection",
+    "AlignSection",
     "LogSection",
     "RecipeError",
     "load_recipe",
@@ -145,14 +146,35 @@ class DistillSection:
 
 
 @dataclass
+class AlignSection:
+    """Label-free alignment with the frozen source at matched graph nodes (``train.loss: align``).
+
+    The teacher is chosen as for distillation (``train.distill``) and must be the model the
+    student was converted from. ``nodes``: module names (``layer3.1``) or source node names
+    (``bcosify.node_map(model)``); ``null`` = every block's output and the classifier's
+    features. ``weights``: per node name (default 1). ``metric``: ``cosine`` (1 - cos of the
+    channel vectors per position or token) or ``nmse`` (squared distance of the L2-normalised
+    features). The logit distillation ``logit_weight * T^2 KL`` (``T`` =
+    ``train.distill.temperature``) counts from step ``logit_start_step`` on.
+    """
+
+    nodes: list[str] | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    metric: Literal["cosine", "nmse"] = "cosine"
+    logit_weight: float = 1.0
+    logit_start_step: int = 0
+
+
+@dataclass
 class TrainSection:
     """The optimisation loop."""
 
     epochs: int = 90
     max_steps: int | None = None  # stop after this many optimiser steps (all epochs)
     seed: int = 0
-    loss: Literal["bce", "ce", "distill"] = "bce"
+    loss: Literal["bce", "ce", "distill", "align"] = "bce"
     distill: DistillSection = field(default_factory=DistillSection)
+    align: AlignSection = field(default_factory=AlignSection)
     grad_accum_steps: int = 1
     agc: float | None = None  # adaptive gradient clipping factor (0.01 in the papers)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -167,6 +189,7 @@ class TrainSection:
     checkpoint_every_steps: int | None = 1000
     keep_checkpoints: int = 2
     eval_every_epochs: int = 1
+    eval_every_steps: int | None = None  # also validate every N optimiser steps (curves per step)
 
 
 @dataclass
@@ -239,6 +262,7 @@ class Recipe:
         for key, value in {
             "train.max_steps": t.max_steps,
             "train.checkpoint_every_steps": t.checkpoint_every_steps,
+            "train.eval_every_steps": t.eval_every_steps,
             "data.eval_batch_size": d.eval_batch_size,
             "data.eval_resize": d.eval_resize,
         }.items():
@@ -259,6 +283,15 @@ class Recipe:
             raise RecipeError(f"train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
         if t.distill.temperature <= 0:
             raise RecipeError("train.distill.temperature must be > 0")
+        a = t.align
+        if (
+            a.logit_weight < 0
+            or a.logit_start_step < 0
+            or any(not w >= 0 for w in a.weights.values())
+        ):
+            raise RecipeError(
+                "train.align: logit_weight, logit_start_step and every weight must be >= 0"
+            )
         if len(d.augment.scale) != 2 or len(d.augment.ratio) != 2 or len(o.betas) != 2:
             raise RecipeError(
                 "data.augment.scale, data.augment.ratio and optim.betas take 2 values each"
