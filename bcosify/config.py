@@ -11,7 +11,7 @@ from bcosify.errors import BcosifyError
 
 __all__ = ["BcosConfig"]
 
-_ACTIVATIONS = ("remove", "keep")
+_ACTIVATIONS = ("remove", "keep", "exact")
 _MAXPOOLS = ("avg", "keep")
 
 
@@ -22,10 +22,13 @@ class BcosConfig:
     Args:
         b: the B of every B-cos unit (``b=1`` makes the units linear; 2 is the published setting).
         keep_bias: keep every bias (only meant to check the rewrite: with ``b=1``,
-            ``activation="keep"`` and ``maxpool="keep"`` the converted model equals the original).
+            ``activation="exact"`` and ``maxpool="keep"`` the converted model equals the original).
         activation: ``"remove"`` drops ReLU/ReLU6 (the B-cos non-linearity replaces them);
-            ``"keep"`` keeps them. Gated activations (GELU, SiLU, Hardswish, Mish) are always kept
-            as ``x * g(x)`` with the gate detached in explanation mode.
+            ``"keep"`` keeps ReLU and turns ReLU6 into ReLU (its cap at 6 is a constant that no
+            explanation could account for); ``"exact"`` keeps both as they are (to check the
+            rewrite: explanations of a model with ReLU6 then miss the cap). Gated activations
+            (GELU, SiLU, Hardswish, Mish) are always kept as ``x * g(x)`` with the gate detached
+            in explanation mode.
         maxpool: ``"avg"`` replaces max pooling by average pooling of the same window; ``"keep"``
             keeps it (max pooling is piecewise linear, so explanations stay exact).
         normalize_weights: use unit-norm weights in B-cos units (B-cos v2 units) instead of the
@@ -41,14 +44,14 @@ class BcosConfig:
             (as a 1x1 convolution) so the B-cos head acts per position.
 
     Example:
-        >>> cfg = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+        >>> cfg = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
         >>> BcosConfig.from_dict(cfg.to_dict()) == cfg
         True
     """
 
     b: float = 2.0
     keep_bias: bool = False
-    activation: Literal["remove", "keep"] = "remove"
+    activation: Literal["remove", "keep", "exact"] = "remove"
     maxpool: Literal["avg", "keep"] = "avg"
     normalize_weights: bool = False
     logit_bias: float | str | None = "auto"

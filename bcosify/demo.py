@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from bcosify.config import BcosConfig
@@ -16,23 +15,22 @@ from bcosify.explain import explain
 
 __all__ = ["run_demo"]
 
-EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 
 
-def run_demo(out: Path, *, overwrite: bool = False, finetune_steps: int = 80) -> dict:
+def run_demo(out: Path, *, overwrite: bool = False, finetune_epochs: int = 4) -> dict:
     """Convert the packaged EfficientNet-Lite0, compare predictions, write explanation figures,
-    then fine-tune the B=2 model by distillation and compare again.
+    then show a converted model becoming good again (:func:`recovery`).
 
     Prints, per photo, the original model's top-1 class and that of the converted model at B=1
     with biases kept (an exact rewrite: the two must agree), then explains the original's class
     with the B=2 conversion (not fine-tuned yet) and writes one figure per photo to ``out``.
-    With ``finetune_steps > 0`` it then distils the original into the B=2 model on augmented views
-    of photos and images shipped in packages (no labels needed) and reports the top-1 agreement
-    with the original on views of held-out photos before and after (see :func:`_distill`).
+    With ``finetune_epochs > 0`` it then runs :func:`recovery` on scikit-learn's digits, in
+    ``out/recovery``.
 
     Returns:
-        A summary dict (agreement, completeness errors, figure paths, and under ``"finetune"``
-        the agreement before and after fine-tuning).
+        A summary dict (agreement, completeness errors, figure paths, and under ``"recovery"``
+        the held-out results of :func:`recovery`).
     """
     from torchvision.models import ResNet50_Weights
 
@@ -78,175 +76,258 @@ def run_demo(out: Path, *, overwrite: bool = False, finetune_steps: int = 80) ->
     )
     print(f"figures written to {out}/")
     summary = {"agreement": agree, "total": len(photos), "completeness": errors, "figures": paths}
-    if finetune_steps > 0:
-        summary["finetune"] = _distill(source, bcos, out, finetune_steps, overwrite)
+    if finetune_epochs > 0:
+        summary["recovery"] = recovery(
+            out / "recovery", epochs=finetune_epochs, overwrite=overwrite
+        )
     return summary
 
 
-HELD_OUT = ("chelsea", "flower", "grace_hopper")
-VIEWS_PER_PHOTO = 8
+# ---------------------------------------------------------------------------- recovery
+#
+# The second half of the method: a converted model becomes good again. A labelled dataset that
+# a pip package ships (scikit-learn's 8x8 digits, 1797 images) gives a held-out split to judge
+# it on. The settings below were chosen by measurement (docs/recovery.md): ReLU kept (the
+# published final configs keep it; removed, the same run ends about 20 points lower), the
+# feature loss alone for the first 40 steps and the logit term from then on.
+
+DIGITS_SIZE = 32
+_LR = 3e-3
+_BATCH = 32
+_WARMUP = 10
+_LOGIT_START = 40
+_FIGURES = 6
 
 
-def _unlabelled_images() -> list[tuple[str, Image.Image]]:
-    """More images shipped in scikit-image (photos, micrographs, textures, grey ones as RGB), for
-    distillation, which needs no labels: the student learns to match the original on them."""
+def _digits() -> tuple[list, list]:
+    """scikit-learn's digits as RGB PIL images, split 75/25 (stratified, fixed seed)."""
     try:
-        import skimage.data as data
-    except ImportError:
-        return []
-    out = []
-    for name in (
-        "hubble_deep_field",
-        "immunohistochemistry",
-        "retina",
-        "colorwheel",
-        "brick",
-        "grass",
-        "gravel",
-        "camera",
-        "coins",
-        "moon",
-        "clock",
-        "page",
-        "text",
-        "cell",
-        "logo",
-    ):
-        try:
-            out.append((name, Image.fromarray(getattr(data, name)()).convert("RGB")))
-        except Exception:  # an image that needs a download (pooch) is simply left out
-            continue
-    try:
-        left, right, _ = data.stereo_motorcycle()
-        out += [
-            ("motorcycle_left", Image.fromarray(left)),
-            ("motorcycle_right", Image.fromarray(right)),
-        ]
-    except Exception:
-        pass
-    return out
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as e:
+        raise BcosifyError(
+            "the demo's fine-tuning part needs scikit-learn: pip install 'bcosify[demo]'"
+        ) from e
+    import numpy as np
+    from PIL import Image
+
+    d = load_digits()
+    images = [Image.fromarray((x * 255 / 16).astype(np.uint8)).convert("RGB") for x in d.images]
+    train, test = train_test_split(
+        list(range(len(images))), test_size=0.25, random_state=0, stratify=d.target
+    )
+    return (
+        [(images[i], int(d.target[i])) for i in train],
+        [(images[i], int(d.target[i])) for i in test],
+    )
 
 
-def _views(photos, pre, count: int, seed: int) -> torch.Tensor:
-    """``count`` fixed views per photo in [0, 1]: the model's center crop, then random crops."""
-    from torchvision import transforms as T
+def _recipe(loss: str, out: Path, epochs: int, **train) -> dict:
+    return {
+        "description": f"bcosify demo: digits, {loss}",
+        "data": {
+            "image_size": DIGITS_SIZE,
+            "eval_resize": DIGITS_SIZE,
+            "batch_size": _BATCH,
+            "num_workers": 0,
+            "pin_memory": False,
+            "augment": {"scale": [0.6, 1.0], "ratio": [0.8, 1.25], "hflip": 0.0},
+        },
+        "optim": {
+            "name": "adamw",
+            "lr": _LR,
+            "schedule": "cosine",
+            "schedule_unit": "step",
+            "warmup_steps": _WARMUP,
+        },
+        "train": {
+            "epochs": epochs,
+            "loss": loss,
+            "seed": 0,
+            "checkpoint_every_steps": None,
+            "keep_checkpoints": 1,
+            "bn_recalibration_batches": 8,
+            "eval_every_steps": 15,
+            **train,
+        },
+        "log": {"trackers": ["csv"], "log_every_steps": 15, "explain_images": 0},
+        "output": str(out),
+    }
 
-    g = torch.Generator().manual_seed(seed)
-    size = pre.input_size
-    center = pre.transform()
-    crop = T.Compose([T.RandomResizedCrop(size, scale=(0.35, 1.0)), T.ToTensor()])
-    out = []
-    for _, image in photos:
-        out.append(center(image))
-        for _ in range(count - 1):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-                out.append(crop(image))
-    return torch.stack(out)
+
+def _standard_finetune(source, train, epochs: int, pre) -> tuple[torch.nn.Module, float]:
+    """The baseline: fine-tune the standard model (new head) with cross-entropy, on the same
+    augmented batches and schedule as the B-cos runs. Plain torch: the B-cos loop takes
+    converted models only."""
+    import math
+
+    from bcosify.train.data import SeededDataset, train_transform
+    from bcosify.train.recipe import Recipe
+
+    recipe = Recipe.from_dict(_recipe("ce", Path("unused"), epochs))
+    data = SeededDataset(train, train_transform(recipe.data), seed=0)
+    model = source.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=_LR)
+    per_epoch = len(train) // _BATCH
+    total = epochs * per_epoch
+
+    def factor(step: int) -> float:
+        if step < _WARMUP:
+            return (step + 1) / _WARMUP
+        return 0.5 * (1 + math.cos(math.pi * (step - _WARMUP) / max(1, total - _WARMUP)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="standard fine-tune", unit="step", disable=None)
+    step = 0
+    for epoch in range(epochs):
+        data.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=_BATCH, shuffle=True, drop_last=True, generator=g
+        )
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(model(pre.normalize(x)), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            bar.update(1)
+            step += 1
+            if bar.disable and step % 15 == 0:  # not a terminal: a line every 15 steps
+                print(f"standard fine-tune: step {step}/{total}, loss {float(loss.detach()):.4f}")
+    bar.close()
+    return model.eval(), time.perf_counter() - t0
 
 
 @torch.no_grad()
-def _compare(source, model, views: torch.Tensor, pre) -> dict:
-    """Top-1 agreement with the original, mean KL(original || model) of the class distributions,
-    and the pixels' share of the model's explained logit (median over views)."""
-    from bcosify.explain import explain
-
+def _predict(model, images: torch.Tensor, normalize=None) -> torch.Tensor:
     model.eval()
-    t = source(pre.normalize(views))
-    s = model(views)
-    kl = torch.nn.functional.kl_div(
-        s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="batchmean"
-    )
-    with torch.enable_grad():
-        e = explain(model, views, target=t.argmax(1))
-    pixels = e.contributions.flatten(1).sum(1).abs()
-    share = pixels / (pixels + e.constant_total.abs()).clamp_min(1e-30)
-    return {
-        "agree": int((t.argmax(1) == s.argmax(1)).sum()),
-        "n": len(views),
-        "kl": float(kl),
-        "pixel_share": float(share.median()),
-    }
+    return model(normalize(images) if normalize is not None else images)
 
 
-def _distill(source, bcos, out: Path, steps: int, overwrite: bool) -> dict:
-    """Fine-tune the B=2 model by distillation from the original, on augmented views of the
-    training photos; report agreement on fixed views of the held-out photos."""
-    from bcosify.sources import demo_photos
+def recovery(
+    out: Path, *, epochs: int = 4, overwrite: bool = False, runs: tuple[str, ...] = ()
+) -> dict:
+    """A converted model becoming good again, judged on held-out digits.
+
+    1. Fine-tune the packaged ImageNet EfficientNet-Lite0 on 75 % of scikit-learn's digits
+       (32 px, new 10-class head, cross-entropy): the *standard* model.
+    2. B-cosify it (B=2, no biases, ReLU kept) and recover it **without labels**: feature
+       alignment with the standard model at the block outputs and the classifier's features
+       (``train.loss: align``), for the same number of steps. Explanation figures of held-out
+       digits are written before and after.
+    3. For comparison, at the same budget: logit distillation alone (``train.loss: distill``) and
+       the same B-cos architecture trained from scratch with the labels (``bce``).
+
+    Every run reports held-out accuracy and top-1 agreement with the standard model; curves of
+    each B-cos run (loss and agreement per step) are in ``out/<run>/curves.png``.
+
+    Args:
+        out: the output directory.
+        epochs: epochs of each run (about 45 steps each).
+        runs: a subset of ``("distill", "scratch")`` to run besides the alignment (default both).
+
+    Returns:
+        A dict with, per run, ``accuracy`` and ``agreement`` (held-out, %), ``minutes``, and the
+        paths of the figures.
+    """
+    import timm
+
+    from bcosify.sources import load_efficientnet_lite0_packaged
     from bcosify.train import finetune
 
-    photos = demo_photos()
-    held_out = [(n, im) for n, im in photos if n in HELD_OUT]
-    train_images = [(n, im) for n, im in photos if n not in HELD_OUT] + _unlabelled_images()
+    out = Path(out)
+    runs = runs or ("distill", "scratch")
+    train, test = _digits()
+    names = [str(i) for i in range(10)]
+    source = load_efficientnet_lite0_packaged()
     pre = source.bcosify_preprocessing
-    views = _views(held_out, pre, VIEWS_PER_PHOTO, seed=0)
-    seen = _views(train_images[:4], pre, VIEWS_PER_PHOTO, seed=1)
-    before = {"held-out": _compare(source, bcos, views, pre), "training": None}
-    before["training"] = _compare(source, bcos, seen, pre)
-    print(
-        f"\nfine-tuning by distillation from the original: {steps} steps on augmented views of "
-        f"{len(train_images)} images ({', '.join(n for n, _ in train_images)}); held out: "
-        f"{', '.join(HELD_OUT)} ({VIEWS_PER_PHOTO} views each)"
-    )
-    repeats = max(1, -(-steps * _BATCH // len(train_images)))
-    dataset = [(im, 0) for _, im in train_images] * repeats
-    t0 = time.perf_counter()
-    result = finetune(
-        {
-            "description": "bcosify demo: distil EfficientNet-Lite0 into its B-cos conversion",
-            "data": {
-                "image_size": pre.input_size,
-                "eval_resize": pre.resize_size,
-                "batch_size": _BATCH,
-                "num_workers": 0,
-                "pin_memory": False,
-                "augment": {"scale": [0.25, 1.0], "interpolation": pre.interpolation},
-            },
-            "optim": {"name": "adamw", "lr": 5e-4, "schedule": "cosine", "schedule_unit": "step"},
-            "train": {
-                "epochs": 1,
-                "max_steps": steps,
-                "loss": "distill",
-                "bn_recalibration_batches": 8,
-                "checkpoint_every_steps": None,
-                "seed": 0,
-            },
-            "log": {"trackers": ["csv"], "log_every_steps": 10, "explain_images": 0},
-            "output": str(out / "finetune"),
-        },
-        model=bcos,
-        teacher=source,
-        train_dataset=dataset,
-        overwrite=overwrite,
-    )
-    after = {
-        "held-out": _compare(source, result.model, views, pre),
-        "training": _compare(source, result.model, seen, pre),
-    }
-    minutes = (time.perf_counter() - t0) / 60
-    print(f"after {steps} steps ({minutes:.1f} min), compared with the original model:")
-    print(f"{'views':<34} {'top-1 agreement':<18} {'KL(orig || model)':<19} pixels' share")
-    for split, label in (
-        ("training", "of 4 training images"),
-        ("held-out", "of the held-out photos"),
-    ):
-        for when, r in (("before", before[split]), ("after", after[split])):
-            print(
-                f"{label + ', ' + when:<34} {r['agree']:>3}/{r['n']:<14} {r['kl']:<19.3f} "
-                f"{r['pixel_share']:.2e}"
-            )
-    print(
-        "(pixels' share: |sum of pixel contributions| / (that + |constants|) of the explained "
-        "logit, median over views)"
-    )
-    print(f"fine-tuned model: {result.model_dir} (bcosify.load), curves: {out / 'finetune'}")
-    return {
-        "steps": steps,
-        "minutes": minutes,
-        "before": before,
-        "after": after,
-        "model_dir": str(result.model_dir),
-    }
+    source.reset_classifier(10)
+    from torchvision import transforms as T
 
+    tf = T.Compose([T.Resize(DIGITS_SIZE), T.ToTensor()])
+    x_test = torch.stack([tf(im) for im, _ in test])
+    y_test = torch.tensor([label for _, label in test])
+    steps = epochs * (len(train) // _BATCH)
+    print(
+        f"\nrecovery on scikit-learn's digits ({len(train)} training, {len(test)} held-out "
+        f"images, {DIGITS_SIZE} px): {epochs} epochs = {steps} steps per run"
+    )
+    standard, seconds = _standard_finetune(source, train, epochs, pre)
+    p_std = _predict(standard, x_test, pre.normalize).argmax(1)
+    results: dict = {
+        "standard": {
+            "accuracy": 100.0 * float((p_std == y_test).float().mean()),
+            "agreement": 100.0,
+            "minutes": seconds / 60,
+        }
+    }
+    relu = BcosConfig(activation="keep")
+    student = convert(standard, relu)
+    picks = torch.linspace(0, len(test) - 1, _FIGURES).long()
+    fig_names = [f"digit_{int(i)}" for i in picks]
 
-_BATCH = 8
+    def figures(model, where: str) -> list:
+        e = explain(model, x_test[picks], target=y_test[picks])
+        return e.save_figures(out / where, names=fig_names, class_names=names, smooth=3)
+
+    before = figures(student, "figures_before")
+    p0 = _predict(student, x_test).argmax(1)
+    results["converted, before fine-tuning"] = {
+        "accuracy": 100.0 * float((p0 == y_test).float().mean()),
+        "agreement": 100.0 * float((p0 == p_std).float().mean()),
+        "minutes": 0.0,
+    }
+    plans = [("align", "B-cosified, feature alignment (no labels)", student, "align", standard)]
+    if "distill" in runs:
+        plans.append(
+            ("distill", "B-cosified, logit distillation (no labels)", None, "distill", standard)
+        )
+    if "scratch" in runs:
+        plans.append(("scratch", "B-cos from scratch (labels)", None, "bce", None))
+    for key, label, model, loss, teacher in plans:
+        if model is None and key == "distill":
+            model = convert(standard, relu)
+        elif model is None:
+            torch.manual_seed(0)
+            random_init = timm.create_model("tf_efficientnet_lite0", num_classes=10)
+            model = convert(random_init, relu, mean=pre.mean, std=pre.std)
+        extra = {"align": {"logit_start_step": _LOGIT_START}} if loss == "align" else {}
+        print(f"\n{label}:")
+        t0 = time.perf_counter()
+        result = finetune(
+            _recipe(loss, out / key, epochs, **extra),
+            model=model,
+            teacher=teacher,
+            train_dataset=train,
+            val_dataset=test,
+            overwrite=overwrite,
+        )
+        p = _predict(result.model, x_test).argmax(1)
+        results[label] = {
+            "accuracy": 100.0 * float((p == y_test).float().mean()),
+            "agreement": 100.0 * float((p == p_std).float().mean()),
+            "minutes": (time.perf_counter() - t0) / 60,
+            "curves": str(out / key / "curves.png"),
+        }
+        if key == "align":
+            results[label]["figures"] = [str(f) for f in figures(result.model, "figures_after")]
+            e = explain(result.model, x_test[:32], target=y_test[:32])
+            results[label]["completeness"] = float(e.completeness_error.max())
+    print(f"\nheld-out digits ({len(test)}), after {steps} steps per run:")
+    print(f"{'model':<46} {'accuracy':>9} {'agrees with standard':>21} {'minutes':>8}")
+    for label, r in results.items():
+        print(f"{label:<46} {r['accuracy']:>8.1f}% {r['agreement']:>20.1f}% {r['minutes']:>8.1f}")
+    aligned = results["B-cosified, feature alignment (no labels)"]
+    ratio = aligned["accuracy"] / max(1e-9, results["standard"]["accuracy"])
+    print(
+        f"the aligned B-cos model reaches {100 * ratio:.0f}% of the standard model's accuracy; "
+        f"completeness error of its explanations {aligned['completeness']:.1e}"
+    )
+    print(f"figures: {out / 'figures_before'}/ (converted) and {out / 'figures_after'}/ (aligned)")
+    (out / "results.json").write_text(
+        __import__("json").dumps(results, indent=2) + "\n", encoding="utf-8"
+    )
+    results["figures_before"] = [str(f) for f in before]
+    return results

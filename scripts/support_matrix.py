@@ -44,7 +44,7 @@ from bcosify import BcosConfig  # noqa: E402
 from bcosify.models import VERIFIED_MODELS  # noqa: E402
 from tests.helpers import MEAN, STD, calibrate, randomize_norms, rel_err  # noqa: E402
 
-EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 TOL = 1e-4
 
 # The timm models the project names explicitly.

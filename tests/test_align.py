@@ -19,7 +19,7 @@ from bcosify.train.align import (
     feature_distance,
 )
 
-EXACT = bcosify.BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+EXACT = bcosify.BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 HALF = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
 
 

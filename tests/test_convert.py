@@ -16,7 +16,7 @@ from bcosify import BcosConfig, BcosifyError, TraceError, UnsupportedLayerError
 from bcosify import nn as bnn
 from tests.helpers import MEAN, STD, calibrate, rel_err
 
-EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 
 
 class Idioms(nn.Module):
@@ -321,3 +321,40 @@ def test_functional_layers_and_their_biases():
     assert counts[("moved", "Linear -> 1x1 BcosConv2d before global pooling")] == 1
     calibrate(conv, x)
     assert float(bcosify.explain(conv, x).completeness_error.max()) <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "timm/tf_efficientnet_lite0"])
+def test_activation_keep_turns_relu6_into_relu_so_explanations_stay_complete(arch):
+    """ReLU6's cap at 6 is a constant that no explanation accounts for: ``activation="keep"``
+    makes it a ReLU, ``"exact"`` keeps it (and the pixels then miss part of the logit)."""
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    if arch.startswith("timm/"):
+        source = timm.create_model(arch[5:], num_classes=10)
+    else:
+        source = getattr(torchvision.models, arch)(num_classes=10)
+    x = torch.rand(2, 3, 64, 64)
+    bns = [m for m in source.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:  # statistics from the data, so the output depends on the input
+        bn.reset_running_stats()
+        bn.momentum = None
+    with torch.no_grad():
+        source.train()((x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])
+        bns[0].weight.mul_(30.0)  # activations well above 6 from the stem on: a cap bites
+    source.eval()
+    errors = {}
+    for activation in ("keep", "exact"):
+        model = bcosify.convert(
+            source, BcosConfig(b=1, activation=activation), mean=MEAN, std=STD
+        ).eval()
+        relu6 = [m for m in model.modules() if isinstance(m, nn.ReLU6)]
+        assert bool(relu6) == (activation == "exact")
+        e = bcosify.explain(model, x)
+        pixels = e.contributions.flatten(1).sum(1).double()
+        assert float(pixels.abs().min()) > 1e-3  # the pixel part is not negligible
+        gap = (pixels + e.constant_total.double() - e.explained_logit.double()).abs()
+        errors[activation] = float((gap / pixels.abs()).max())
+    assert errors["keep"] < 1e-4, errors
+    assert errors["exact"] > 1e-2, errors

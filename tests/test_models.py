@@ -12,7 +12,7 @@ from bcosify import BcosConfig
 from bcosify.models import VERIFIED_MODELS
 from tests.helpers import MEAN, STD, calibrate, randomize_norms, rel_err
 
-EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 
 
 def build(name: str) -> torch.nn.Module:

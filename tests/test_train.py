@@ -551,8 +551,8 @@ def test_more_bad_inputs_name_the_fix(tmp_path, folder, capsys):
             ],
         )
     assert not any((tmp_path / n).exists() for n in "abc")  # nothing written on bad input
-    assert main(["demo", "--finetune-steps", "-1", "--out", str(tmp_path / "d")]) == 2
-    assert "--finetune-steps must be >= 0" in capsys.readouterr().err
+    assert main(["demo", "--finetune-epochs", "-1", "--out", str(tmp_path / "d")]) == 2
+    assert "--finetune-epochs must be >= 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- alignment

@@ -17,7 +17,7 @@ from bcosify import BcosConfig, UnsupportedLayerError
 from bcosify import nn as bnn
 from tests.helpers import MEAN, STD, calibrate, randomize_norms, rel_err
 
-EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 
 
 def _normalized(x):

@@ -160,6 +160,8 @@ def _groupnorm(module: nn.GroupNorm, config: BcosConfig):
 def _relu(module: nn.Module, config: BcosConfig):
     if config.activation == "remove":
         return REMOVE
+    if config.activation == "keep" and isinstance(module, nn.ReLU6):
+        return nn.ReLU()  # the cap at 6 is a constant no explanation accounts for
     if getattr(module, "inplace", False):
         module.inplace = False
     return KEEP
@@ -333,7 +335,13 @@ def _rule_relu(ctx: RewriteContext, node: torch.fx.Node) -> None:
             node.target = "relu"
         if node.target in (torch.relu_, F.relu_):
             node.target = torch.relu
-        ctx.record(node, "kept", "ReLU")
+        capped = node.target in (F.relu6, F.hardtanh)
+        if capped and ctx.config.activation == "keep":  # the cap at 6 is a constant
+            node.target = torch.relu
+            node.args, node.kwargs = node.args[:1], {}
+            ctx.record(node, "replaced", "ReLU6 -> ReLU")
+            return
+        ctx.record(node, "kept", "ReLU6" if capped else "ReLU")
 
 
 for _f in RELU_FUNCTIONS:

@@ -12,7 +12,7 @@ Example:
     >>> import torch, torchvision, bcosify
     >>> from bcosify.train.align import AlignmentLoss, FeatureTaps, TeacherFeatures, align_nodes
     >>> src = torchvision.models.resnet18().eval()
-    >>> exact = bcosify.BcosConfig(b=1, keep_bias=True, activation="keep", maxpool="keep")
+    >>> exact = bcosify.BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
     >>> student = bcosify.convert(src, exact, mean=(0.5,) * 3, std=(0.5,) * 3).eval()
     >>> nodes = align_nodes(student)
     >>> teacher = TeacherFeatures(src, student, nodes)
@@ -257,7 +257,9 @@ class TeacherFeatures(nn.Module):
         out.args = ((logits, tuple(by_name[n.source] for n in nodes)),)
         gm.recompile()
         self.names = [n.name for n in nodes]
-        self.graph_module = gm.eval().requires_grad_(False)
+        # shares the teacher's modules: its parameters keep their flags (the caller's model is not
+        # changed); the loop runs the teacher under no_grad
+        self.graph_module = gm.eval()
 
     def train(self, mode: bool = True) -> TeacherFeatures:
         return super().train(False)  # always frozen in eval mode

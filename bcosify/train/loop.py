@@ -412,7 +412,7 @@ class _Run:
             teacher = bcosify.build_model(name, weights, num_classes=source.get("num_classes"))
         pre = getattr(teacher, "bcosify_preprocessing", None) or student.bcosify_preprocessing
         self.teacher_normalize = pre.normalize
-        teacher.eval().requires_grad_(False)
+        teacher.eval()  # run under no_grad; its parameters keep their flags (they are the caller's)
         return teacher
 
     def _align(self, student: nn.Module, teacher: nn.Module) -> nn.Module:
@@ -512,6 +512,11 @@ class _Run:
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         o = self.recipe.optim
         params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError(
+                "the model has no trainable parameters (every requires_grad is False, e.g. it was "
+                "converted from a frozen model); call model.requires_grad_(True) first"
+            )
         if o.name == "adamw":
             return torch.optim.AdamW(
                 params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
@@ -568,6 +573,7 @@ class _Run:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=state.global_step, unit="step", disable=None)
+        self.print_progress = bar is not None and bar.disable  # not a terminal: a line per log
         self._set_b(state.global_step)
         try:
             while state.epoch < r.train.epochs and not self._done():
@@ -650,6 +656,16 @@ class _Run:
                     values.update(_mean_parts(acc, running_parts))
                     running_parts = []
                 acc.log(values, step=state.global_step)
+                if getattr(self, "print_progress", False):
+                    acc.print(
+                        f"step {state.global_step}/{self.total_steps}: "
+                        + ", ".join(
+                            f"{k[6:]} {v:.4g}"
+                            for k, v in values.items()
+                            if "/" in k and k.startswith("train/") and k != "train/images_per_s"
+                        )
+                        + f", {rate:.1f} img/s"
+                    )
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
