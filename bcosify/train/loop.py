@@ -1002,6 +1002,8 @@ def _plot_curves(history: list[dict], path: Path, log_csv: Path | None = None) -
                     except ValueError:
                         continue
         series.pop("train/images_per_s", None)
+        if "train/lr" in series:
+            series.pop("lr", None)  # the epoch ends log it too
         xlabel = "step"
     if not series:
         for h in history:
