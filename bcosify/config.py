@@ -42,6 +42,10 @@ class BcosConfig:
             modules with data-dependent control flow); they need a module rule or ``skip_modules``.
         head_before_pool: move a classifier that follows global average pooling in front of it
             (as a 1x1 convolution) so the B-cos head acts per position.
+        first_layer_norm: the patch norm of the first B-cos layer, on the raw encoding
+            ``[x, 1 - x]`` (``"raw"``, the B-cos v2 convention) or on the normalised encoding
+            ``([x, 1 - x] - [mean, 1 - mean]) / [std, std]`` (``"normalized"``, the published
+            B-cosification code). Only the norm differs: explanations are exact either way.
 
     Example:
         >>> cfg = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
@@ -58,6 +62,7 @@ class BcosConfig:
     skip_modules: tuple[str, ...] = field(default_factory=tuple)
     leaf_modules: tuple[str, ...] = field(default_factory=tuple)
     head_before_pool: bool = True
+    first_layer_norm: Literal["raw", "normalized"] = "raw"
 
     def __post_init__(self) -> None:
         if isinstance(self.b, bool) or not isinstance(self.b, (int, float)) or not self.b >= 1:
@@ -66,6 +71,11 @@ class BcosConfig:
         if self.activation not in _ACTIVATIONS:
             raise BcosifyError(
                 f"BcosConfig.activation must be one of {_ACTIVATIONS}, got {self.activation!r}"
+            )
+        if self.first_layer_norm not in ("raw", "normalized"):
+            raise BcosifyError(
+                "BcosConfig.first_layer_norm must be 'raw' or 'normalized', got "
+                f"{self.first_layer_norm!r}"
             )
         if self.maxpool not in _MAXPOOLS:
             raise BcosifyError(

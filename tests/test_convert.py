@@ -358,3 +358,42 @@ def test_activation_keep_turns_relu6_into_relu_so_explanations_stay_complete(arc
         errors[activation] = float((gap / pixels.abs()).max())
     assert errors["keep"] < 1e-4, errors
     assert errors["exact"] > 1e-2, errors
+
+
+def test_first_layer_norm_on_the_normalised_input():
+    """``first_layer_norm="normalized"`` takes the first layer's patch norm on the normalised
+    encoding (the published code): its scale equals |cos|^(B-1) computed by hand on the
+    normalised input, it differs from the raw convention, and explanations stay complete."""
+    import torchvision
+
+    torch.manual_seed(0)
+    source = torchvision.models.resnet18().eval()
+    x = torch.rand(2, 3, 64, 64)
+    raw = bcosify.convert(source, mean=MEAN, std=STD).eval()
+    pub = bcosify.convert(
+        source, BcosConfig(first_layer_norm="normalized"), mean=MEAN, std=STD
+    ).eval()
+    assert BcosConfig.from_dict(BcosConfig(first_layer_norm="normalized").to_dict()) == BcosConfig(
+        first_layer_norm="normalized"
+    )
+    x6 = torch.cat([x, 1 - x], 1)
+    m6 = torch.tensor(MEAN + tuple(1 - m for m in MEAN)).view(1, 6, 1, 1)
+    s6 = torch.tensor(STD + STD).view(1, 6, 1, 1)
+    conv = pub.conv1
+    with torch.no_grad():
+        lin = F.conv2d(x6, conv.weight, None, conv.stride, conv.padding)
+        z = F.pad((x6 - m6) / s6, (3, 3, 3, 3))  # zero padding of the normalised input
+        norm = F.avg_pool2d(z.pow(2).sum(1, keepdim=True), 7, 2, divisor_override=1).sqrt()
+        expected = lin * (lin / norm).abs()
+        torch.testing.assert_close(pub.conv1(x6), expected, rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(raw.conv1(x6), expected, rtol=1e-2)
+    # explanation mode: the first layer is W(x) x with the norm a constant, so the contributions
+    # x * dy/dx sum to its output (the norm of the shifted input is not homogeneous in x: a
+    # norm that were not detached would break this)
+    x6 = x6.clone().requires_grad_(True)
+    with bcosify.explanation_mode(pub):
+        y = pub.conv1(x6).sum()
+        (g,) = torch.autograd.grad(y, x6)
+    torch.testing.assert_close((g * x6).sum(), y.detach(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(bcosify.BcosifyError, match="first_layer_norm"):
+        BcosConfig(first_layer_norm="published")

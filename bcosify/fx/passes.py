@@ -548,6 +548,8 @@ def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float
             if standardized:
                 new.standardize = False
                 new.gain = None
+            if ctx.config.first_layer_norm == "normalized":  # the published code's patch norm
+                new.set_norm_input(torch.cat([mean_t, 1 - mean_t]), torch.cat([std_t, std_t]))
             ctx.gm.set_submodule(str(u.target), new)
             u.replace_input_with(x, enc)
             ctx.report.add("folded", "input normalisation into first layer (bias-free)", u.target)

@@ -176,6 +176,28 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
         self.b = float(b)
         self.max_out = int(max_out)
         self.normalize_weights = bool(normalize_weights)
+        self.register_buffer("norm_shift", None, persistent=False)
+        self.register_buffer("norm_scale", None, persistent=False)
+
+    def set_norm_input(self, shift: Tensor, scale: Tensor) -> None:
+        """Take the patch norm of ``(x - shift) / scale`` (per input channel) instead of ``x``.
+
+        The first layer of a conversion sees the encoding ``[x, 1 - x]`` with the input
+        normalisation folded into its weight; with this set, its patch norm is that of the
+        normalised encoding, as in the published B-cosification code. Only the norm changes
+        (it is detached in explanation mode), so explanations stay exact and bias-free.
+        """
+        shift = torch.as_tensor(shift, dtype=torch.float32).reshape(1, -1, 1, 1)
+        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(1, -1, 1, 1)
+        if shift.shape[1] != self.in_channels or scale.shape != shift.shape:
+            raise ValueError(f"shift and scale need {self.in_channels} values each")
+        self.register_buffer("norm_shift", shift, persistent=False)
+        self.register_buffer("norm_scale", scale, persistent=False)
+
+    def _norm_input(self, x: Tensor) -> Tensor:
+        if self.norm_shift is None:
+            return x
+        return (x - self.norm_shift.to(x)) / self.norm_scale.to(x)
 
     @classmethod
     def from_conv2d(
@@ -291,6 +313,7 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
     def _bcos_scale(self, x: Tensor, out: Tensor, path: str, fold: bool) -> Tensor:
         g = self.groups
         grouped = g > 1 and out.shape[1] != g
+        x = self._norm_input(x)
         if path == _PLAIN:
             norm = self.patch_norms(x)
             if not grouped:
