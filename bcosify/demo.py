@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -206,6 +207,100 @@ def _predict(model, images: torch.Tensor, normalize=None) -> torch.Tensor:
     return model(normalize(images) if normalize is not None else images)
 
 
+@dataclasses.dataclass
+class DigitsTask:
+    """The digits split, the held-out tensors and the fine-tuned standard model (the teacher)."""
+
+    train: list
+    test: list
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    preprocessing: object
+    standard: torch.nn.Module
+    standard_pred: torch.Tensor
+    standard_minutes: float
+    epochs: int
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * (len(self.train) // _BATCH)
+
+    def score(self, pred: torch.Tensor, minutes: float = 0.0) -> dict:
+        return {
+            "accuracy": 100.0 * float((pred == self.y_test).float().mean()),
+            "agreement": 100.0 * float((pred == self.standard_pred).float().mean()),
+            "minutes": minutes,
+        }
+
+
+def digits_task(epochs: int) -> DigitsTask:
+    """Split the digits and fine-tune the packaged ImageNet EfficientNet-Lite0 on them (new
+    10-class head, cross-entropy, ``epochs`` epochs): the standard model to B-cosify."""
+    from torchvision import transforms as T
+
+    from bcosify.sources import load_efficientnet_lite0_packaged
+
+    train, test = _digits()
+    source = load_efficientnet_lite0_packaged()
+    pre = source.bcosify_preprocessing
+    source.reset_classifier(10)
+    tf = T.Compose([T.Resize(DIGITS_SIZE), T.ToTensor()])
+    x_test = torch.stack([tf(im) for im, _ in test])
+    y_test = torch.tensor([label for _, label in test])
+    print(
+        f"\nrecovery on scikit-learn's digits ({len(train)} training, {len(test)} held-out "
+        f"images, {DIGITS_SIZE} px): {epochs} epochs = {epochs * (len(train) // _BATCH)} steps "
+        "per run"
+    )
+    standard, seconds = _standard_finetune(source, train, epochs, pre)
+    pred = _predict(standard, x_test, pre.normalize).argmax(1)
+    return DigitsTask(train, test, x_test, y_test, pre, standard, pred, seconds / 60, epochs)
+
+
+def bcos_run(
+    task: DigitsTask,
+    out: Path,
+    loss: str,
+    config: BcosConfig,
+    *,
+    scratch: bool = False,
+    overwrite: bool = False,
+    **train: object,
+) -> tuple[dict, torch.nn.Module]:
+    """Convert the standard model (or, with ``scratch``, a randomly initialised one) with
+    ``config`` and fine-tune it for the task's epochs with ``loss`` (``align`` and ``distill``
+    learn from the standard model and use no labels; ``bce`` uses the labels). ``train`` adds
+    recipe ``train`` keys. Returns the held-out scores and the model."""
+    import timm
+
+    from bcosify.train import finetune
+
+    pre = task.preprocessing
+    if scratch:
+        torch.manual_seed(0)
+        random_init = timm.create_model("tf_efficientnet_lite0", num_classes=10)
+        model = convert(random_init, config, mean=pre.mean, std=pre.std)
+    else:
+        model = convert(task.standard, config)
+    t0 = time.perf_counter()
+    result = finetune(
+        _recipe(loss, out, task.epochs, **train),
+        model=model,
+        teacher=task.standard if loss in ("align", "distill") else None,
+        train_dataset=task.train,
+        val_dataset=task.test,
+        overwrite=overwrite,
+    )
+    pred = _predict(result.model, task.x_test).argmax(1)
+    scores = task.score(pred, (time.perf_counter() - t0) / 60)
+    scores["curves"] = str(out / "curves.png")
+    return scores, result.model
+
+
+RECOVERY_CONFIG = BcosConfig(activation="keep")
+"""The conversion the demo recovers: B=2, no biases, ReLU kept (docs/recovery.md)."""
+
+
 def recovery(
     out: Path, *, epochs: int = 4, overwrite: bool = False, runs: tuple[str, ...] = ()
 ) -> dict:
@@ -225,109 +320,61 @@ def recovery(
 
     Args:
         out: the output directory.
-        epochs: epochs of each run (about 45 steps each).
+        epochs: epochs of each run (about 42 steps each).
         runs: a subset of ``("distill", "scratch")`` to run besides the alignment (default both).
 
     Returns:
         A dict with, per run, ``accuracy`` and ``agreement`` (held-out, %), ``minutes``, and the
         paths of the figures.
     """
-    import timm
-
-    from bcosify.sources import load_efficientnet_lite0_packaged
-    from bcosify.train import finetune
+    import json
 
     out = Path(out)
     runs = runs or ("distill", "scratch")
-    train, test = _digits()
+    task = digits_task(epochs)
+    results: dict = {"standard": task.score(task.standard_pred, task.standard_minutes)}
     names = [str(i) for i in range(10)]
-    source = load_efficientnet_lite0_packaged()
-    pre = source.bcosify_preprocessing
-    source.reset_classifier(10)
-    from torchvision import transforms as T
-
-    tf = T.Compose([T.Resize(DIGITS_SIZE), T.ToTensor()])
-    x_test = torch.stack([tf(im) for im, _ in test])
-    y_test = torch.tensor([label for _, label in test])
-    steps = epochs * (len(train) // _BATCH)
-    print(
-        f"\nrecovery on scikit-learn's digits ({len(train)} training, {len(test)} held-out "
-        f"images, {DIGITS_SIZE} px): {epochs} epochs = {steps} steps per run"
-    )
-    standard, seconds = _standard_finetune(source, train, epochs, pre)
-    p_std = _predict(standard, x_test, pre.normalize).argmax(1)
-    results: dict = {
-        "standard": {
-            "accuracy": 100.0 * float((p_std == y_test).float().mean()),
-            "agreement": 100.0,
-            "minutes": seconds / 60,
-        }
-    }
-    relu = BcosConfig(activation="keep")
-    student = convert(standard, relu)
-    picks = torch.linspace(0, len(test) - 1, _FIGURES).long()
+    picks = torch.linspace(0, len(task.test) - 1, _FIGURES).long()
     fig_names = [f"digit_{int(i)}" for i in picks]
 
     def figures(model, where: str) -> list:
-        e = explain(model, x_test[picks], target=y_test[picks])
+        e = explain(model, task.x_test[picks], target=task.y_test[picks])
         return e.save_figures(out / where, names=fig_names, class_names=names, smooth=3)
 
-    before = figures(student, "figures_before")
-    p0 = _predict(student, x_test).argmax(1)
-    results["converted, before fine-tuning"] = {
-        "accuracy": 100.0 * float((p0 == y_test).float().mean()),
-        "agreement": 100.0 * float((p0 == p_std).float().mean()),
-        "minutes": 0.0,
-    }
-    plans = [("align", "B-cosified, feature alignment (no labels)", student, "align", standard)]
+    start = convert(task.standard, RECOVERY_CONFIG)
+    before = figures(start, "figures_before")
+    results["converted, before fine-tuning"] = task.score(_predict(start, task.x_test).argmax(1))
+    aligned_label = "B-cosified, feature alignment (no labels)"
+    plans = [
+        (aligned_label, "align", "align", False, {"align": {"logit_start_step": _LOGIT_START}})
+    ]
     if "distill" in runs:
         plans.append(
-            ("distill", "B-cosified, logit distillation (no labels)", None, "distill", standard)
+            ("B-cosified, logit distillation (no labels)", "distill", "distill", False, {})
         )
     if "scratch" in runs:
-        plans.append(("scratch", "B-cos from scratch (labels)", None, "bce", None))
-    for key, label, model, loss, teacher in plans:
-        if model is None and key == "distill":
-            model = convert(standard, relu)
-        elif model is None:
-            torch.manual_seed(0)
-            random_init = timm.create_model("tf_efficientnet_lite0", num_classes=10)
-            model = convert(random_init, relu, mean=pre.mean, std=pre.std)
-        extra = {"align": {"logit_start_step": _LOGIT_START}} if loss == "align" else {}
+        plans.append(("B-cos from scratch (labels)", "scratch", "bce", True, {}))
+    for label, key, loss, scratch, extra in plans:
         print(f"\n{label}:")
-        t0 = time.perf_counter()
-        result = finetune(
-            _recipe(loss, out / key, epochs, **extra),
-            model=model,
-            teacher=teacher,
-            train_dataset=train,
-            val_dataset=test,
-            overwrite=overwrite,
+        scores, model = bcos_run(
+            task, out / key, loss, RECOVERY_CONFIG, scratch=scratch, overwrite=overwrite, **extra
         )
-        p = _predict(result.model, x_test).argmax(1)
-        results[label] = {
-            "accuracy": 100.0 * float((p == y_test).float().mean()),
-            "agreement": 100.0 * float((p == p_std).float().mean()),
-            "minutes": (time.perf_counter() - t0) / 60,
-            "curves": str(out / key / "curves.png"),
-        }
+        results[label] = scores
         if key == "align":
-            results[label]["figures"] = [str(f) for f in figures(result.model, "figures_after")]
-            e = explain(result.model, x_test[:32], target=y_test[:32])
-            results[label]["completeness"] = float(e.completeness_error.max())
-    print(f"\nheld-out digits ({len(test)}), after {steps} steps per run:")
+            scores["figures"] = [str(f) for f in figures(model, "figures_after")]
+            e = explain(model, task.x_test[:32], target=task.y_test[:32])
+            scores["completeness"] = float(e.completeness_error.max())
+    print(f"\nheld-out digits ({len(task.test)}), after {task.steps} steps per run:")
     print(f"{'model':<46} {'accuracy':>9} {'agrees with standard':>21} {'minutes':>8}")
     for label, r in results.items():
         print(f"{label:<46} {r['accuracy']:>8.1f}% {r['agreement']:>20.1f}% {r['minutes']:>8.1f}")
-    aligned = results["B-cosified, feature alignment (no labels)"]
+    aligned = results[aligned_label]
     ratio = aligned["accuracy"] / max(1e-9, results["standard"]["accuracy"])
     print(
         f"the aligned B-cos model reaches {100 * ratio:.0f}% of the standard model's accuracy; "
         f"completeness error of its explanations {aligned['completeness']:.1e}"
     )
     print(f"figures: {out / 'figures_before'}/ (converted) and {out / 'figures_after'}/ (aligned)")
-    (out / "results.json").write_text(
-        __import__("json").dumps(results, indent=2) + "\n", encoding="utf-8"
-    )
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     results["figures_before"] = [str(f) for f in before]
     return results
