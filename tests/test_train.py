@@ -96,6 +96,8 @@ def test_shipped_recipes_are_valid():
         64,
         256,
     )
+    align = load_recipe(ROOT / "recipes" / "imagenet-resnet50-align.yaml")
+    assert (align.train.loss, align.model.config["activation"]) == ("align", "keep")
     vit = load_recipe(ROOT / "recipes" / "imagenet-vit-s.yaml")
     assert (vit.optim.name, vit.optim.lr, vit.optim.warmup_steps) == ("adam", 1e-3, 10000)
     assert (vit.data.augment.mixup, vit.data.augment.randaugment) == (0.2, "rand-m10-n2")
