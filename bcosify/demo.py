@@ -243,6 +243,7 @@ def digits_task(epochs: int) -> DigitsTask:
     train, test = _digits()
     source = load_efficientnet_lite0_packaged()
     pre = source.bcosify_preprocessing
+    torch.manual_seed(0)  # the new head: the same standard model whatever ran before
     source.reset_classifier(10)
     tf = T.Compose([T.Resize(DIGITS_SIZE), T.ToTensor()])
     x_test = torch.stack([tf(im) for im, _ in test])

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also copy results.json here")
     parser.add_argument("--markdown", default=None, help="also write the table here")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--seeds", default="0,1", help="comma-separated train.seed values per variant (default 0,1)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    seeds = [int(v) for v in args.seeds.split(",")]
     out = Path(args.out)
     t0 = time.perf_counter()
     task = digits_task(args.epochs)
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": os.getloadavg()[0],
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "seeds": seeds,
             "command": "python scripts/recovery_variants.py " + " ".join(argv or sys.argv[1:]),
         },
         "standard": task.score(task.standard_pred, task.standard_minutes),
@@ -110,16 +115,31 @@ def main(argv: list[str] | None = None) -> int:
     base = RECOVERY_CONFIG.to_dict()
     for name in names:
         what, loss, config, train = VARIANTS[name]
-        print(f"\n== {name}: {what}")
-        scores, _ = bcos_run(
-            task,
-            out / name,
-            loss,
-            BcosConfig.from_dict({**base, **config}),
-            overwrite=True,
-            **json.loads(json.dumps(train)),
-        )
-        results["variants"][name] = {"what": what, "loss": loss, **scores}
+        runs = []
+        for seed in seeds:
+            print(f"\n== {name} (seed {seed}): {what}")
+            scores, _ = bcos_run(
+                task,
+                out / f"{name}-seed{seed}",
+                loss,
+                BcosConfig.from_dict({**base, **config}),
+                overwrite=True,
+                seed=seed,
+                **json.loads(json.dumps(train)),
+            )
+            runs.append({"seed": seed, **scores})
+        acc = [r["accuracy"] for r in runs]
+        agree = [r["agreement"] for r in runs]
+        results["variants"][name] = {
+            "what": what,
+            "loss": loss,
+            "accuracy": sum(acc) / len(acc),
+            "agreement": sum(agree) / len(agree),
+            "accuracy_range": [min(acc), max(acc)],
+            "agreement_range": [min(agree), max(agree)],
+            "minutes": sum(r["minutes"] for r in runs) / len(runs),
+            "runs": runs,
+        }
     results["settings"]["minutes"] = (time.perf_counter() - t0) / 60
     table = _table(results)
     print("\n" + table)
@@ -138,17 +158,18 @@ def _table(results: dict) -> str:
     s = results["settings"]
     std = results["standard"]
     lines = [
-        f"Held-out digits (450 images), {s['steps']} steps per run ({s['epochs']} epochs); "
-        f"standard model {std['accuracy']:.1f} %.",
+        f"Held-out digits (450 images), {s['steps']} steps per run ({s['epochs']} epochs), mean "
+        f"[min, max] over train.seed {s['seeds']}; standard model {std['accuracy']:.1f} %.",
         "",
         "| variant | what changes against the demo | held-out accuracy | agreement with standard "
-        "| minutes |",
+        "| minutes per run |",
         "| --- | --- | --- | --- | --- |",
     ]
     for name, r in results["variants"].items():
         lines.append(
-            f"| `{name}` | {r['what']} | {r['accuracy']:.1f} % | {r['agreement']:.1f} % "
-            f"| {r['minutes']:.1f} |"
+            f"| `{name}` | {r['what']} | {r['accuracy']:.1f} % [{r['accuracy_range'][0]:.1f}, "
+            f"{r['accuracy_range'][1]:.1f}] | {r['agreement']:.1f} % [{r['agreement_range'][0]:.1f}"
+            f", {r['agreement_range'][1]:.1f}] | {r['minutes']:.1f} |"
         )
     return "\n".join(lines)
 

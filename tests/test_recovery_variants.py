@@ -38,10 +38,12 @@ def test_two_variants_write_results(tmp_path):
     assert list(results["variants"]) == ["demo", "relu-removed"]
     assert results["settings"]["steps"] == 42
     for r in results["variants"].values():
-        assert 0 <= r["accuracy"] <= 100 and Path(r["curves"]).is_file()
+        assert 0 <= r["accuracy"] <= 100 and Path(r["runs"][0]["curves"]).is_file()
     # the conversion options reached the runs
     for name, activation in (("demo", "keep"), ("relu-removed", "remove")):
-        saved = json.loads((tmp_path / "rv" / name / "model" / "config.json").read_text())
+        saved = json.loads(
+            (tmp_path / "rv" / f"{name}-seed0" / "model" / "config.json").read_text()
+        )
         assert saved["config"]["activation"] == activation
     assert "`relu-removed`" in md.read_text()
 
