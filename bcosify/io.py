@@ -285,8 +285,13 @@ def load(
     config_path = root / CONFIG_NAME
     weights_path = root / WEIGHTS_NAME
     meta = _read_config(config_path)
+    saved_config = meta["config"]
+    if isinstance(saved_config, dict) and "node_map" not in meta:
+        if saved_config.get("activation") == "keep":
+            # saved before "keep" turned ReLU6 into ReLU: what it meant then is now "exact"
+            saved_config = {**saved_config, "activation": "exact"}
     try:
-        config = BcosConfig.from_dict(meta["config"])
+        config = BcosConfig.from_dict(saved_config)
         preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     except (BcosifyError, TypeError) as e:
         raise BcosifyError(f"{config_path}: invalid conversion settings: {e}") from e

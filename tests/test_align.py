@@ -211,3 +211,51 @@ def test_taps_change_nothing_and_leave_no_trace():
     assert float(e.completeness_error.max()) < 1e-4
     taps.remove()
     assert model.code == code
+
+
+def test_feature_distance_of_tiny_and_zero_features():
+    """B-cos features can be tiny (1e-13 deep in a fresh conversion): the distance still ignores
+    the scale, and two zero maps are at distance 0."""
+    t = torch.randn(2, 8, 3, 3)
+    for metric in ("cosine", "nmse"):
+        assert float(feature_distance(1e-15 * t, 1e-15 * t, metric)) < 1e-5
+        assert float(feature_distance(1e-15 * t, t, metric)) < 1e-5
+        assert float(feature_distance(torch.zeros_like(t), torch.zeros_like(t), metric)) < 1e-6
+
+
+def test_teacher_features_are_not_overwritten_by_in_place_ops():
+    """``layer1.0.bn1`` is followed by ``ReLU(inplace=True)`` in torchvision's ResNet: the
+    teacher's captured features must be the BatchNorm output, and the caller's modules keep
+    their in-place flag."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    source = _calibrated(torchvision.models.resnet18(), x)
+    student = bcosify.convert(source, EXACT, **HALF).eval()
+    nodes = align_nodes(student, ["layer1.0.bn1", "layer1.0"])
+    loss, parts = _distances(source, student, nodes, x)
+    assert max(parts.values()) < 1e-5, parts
+    assert source.layer1[0].relu.inplace is True
+
+
+def test_non_numeric_align_weight_is_a_recipe_error():
+    from bcosify.train import Recipe, RecipeError
+
+    with pytest.raises(RecipeError, match="must be a number"):
+        Recipe.from_dict({"train": {"loss": "align", "align": {"weights": {"layer4": "high"}}}})
+
+
+def test_models_saved_with_the_old_keep_load_as_exact(tmp_path):
+    """Before this version ``activation="keep"`` kept ReLU6; such a saved model (no node map in
+    its config.json) loads with its ReLU6, as it was trained."""
+    torch.manual_seed(0)
+    source = torchvision.models.mobilenet_v2(num_classes=4).eval()
+    model = bcosify.convert(source, bcosify.BcosConfig(activation="exact"), **HALF)
+    bcosify.save(model, tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["activation"] = "keep"
+    del meta["node_map"]
+    path.write_text(json.dumps(meta))
+    loaded = bcosify.load(tmp_path / "m", model=torchvision.models.mobilenet_v2(num_classes=4))
+    assert loaded.bcosify_config.activation == "exact"
+    assert any(isinstance(m, torch.nn.ReLU6) for m in loaded.modules())

@@ -651,7 +651,9 @@ def torchvision_resnet18_eval():
 def test_align_resume_after_sigkill_and_two_processes(tmp_path, folder):
     """Alignment under the process tests of the loop: SIGKILL + --resume gives the uninterrupted
     weights, and two gloo processes end with identical weights."""
-    common = [*ALIGN, "train.epochs=1"]
+    # the logit term joins at step 3: before it, DDP must still see a gradient for every
+    # parameter (the head after the last aligned block)
+    common = [*ALIGN, "train.epochs=1", "train.align.logit_start_step=3"]
     ref = _worker(str(TINY), str(tmp_path / "ref"), str(folder), *common)
     assert ref.returncode == 0, ref.stderr[-3000:]
     run = tmp_path / "killed"

@@ -339,7 +339,7 @@ def _rule_relu(ctx: RewriteContext, node: torch.fx.Node) -> None:
         if capped and ctx.config.activation == "keep":  # the cap at 6 is a constant
             node.target = torch.relu
             node.args, node.kwargs = node.args[:1], {}
-            ctx.record(node, "replaced", "ReLU6 -> ReLU")
+            ctx.record(node, "replaced", "capped ReLU (ReLU6) -> ReLU")
             return
         ctx.record(node, "kept", "ReLU6" if capped else "ReLU")
 

@@ -30,8 +30,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import difflib
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -170,13 +172,14 @@ class FeatureTaps:
         self.nodes = list(nodes)
         self.taps: list[FeatureTap] = []
         by_name = {n.name: n for n in model.graph.nodes}
-        for i, spec in enumerate(self.nodes):
-            node = by_name.get(spec.student)
-            if node is None:
+        for spec in self.nodes:  # every node checked before the graph is changed
+            if spec.student not in by_name:
                 raise BcosifyError(
                     f"the converted graph has no node {spec.student!r} (for {spec.name!r}); was it "
                     "changed after conversion?"
                 )
+        for i, spec in enumerate(self.nodes):
+            node = by_name[spec.student]
             tap = FeatureTap(spec.name)
             target = f"{_TAP_PREFIX}{i}"
             model.add_submodule(target, tap)
@@ -244,6 +247,7 @@ class TeacherFeatures(nn.Module):
         was = teacher.training
         gm = trace(teacher.eval(), leaves)
         teacher.train(was)
+        _no_inplace(gm)
         by_name = {n.name: n for n in gm.graph.nodes}
         missing = [n.source for n in nodes if n.source not in by_name]
         if missing:
@@ -269,6 +273,37 @@ class TeacherFeatures(nn.Module):
         return logits, dict(zip(self.names, feats))
 
 
+_INPLACE_OPERATORS = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+}
+
+
+def _no_inplace(gm: fx.GraphModule) -> None:
+    """Make every in-place op of the traced teacher out of place, so that a captured feature is
+    not overwritten by the op after it (``ReLU(inplace=True)`` after a block output). Modules are
+    replaced by copies inside ``gm`` only: the caller's model is not changed."""
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if getattr(module, "inplace", False) is True:
+                clone = copy.copy(module)
+                clone.inplace = False
+                gm.set_submodule(str(node.target), clone)
+        elif node.op == "call_function":
+            if node.target in _INPLACE_OPERATORS:
+                node.target = _INPLACE_OPERATORS[node.target]
+            if node.kwargs.get("inplace") is True:
+                node.update_kwarg("inplace", False)
+        elif node.op == "call_method":
+            name = str(node.target)
+            if name.endswith("_") and not name.startswith("_") and hasattr(Tensor, name[:-1]):
+                node.target = name[:-1]
+    gm.recompile()
+
+
 # ---------------------------------------------------------------------------- loss
 def feature_distance(s: Tensor, t: Tensor, metric: str = "cosine", dim: int = 1) -> Tensor:
     """Scale-invariant distance between student and teacher features, averaged over the batch.
@@ -288,14 +323,24 @@ def feature_distance(s: Tensor, t: Tensor, metric: str = "cosine", dim: int = 1)
     s, t = s.float(), t.float()
     if s.dim() == 1:
         s, t = s[:, None], t[:, None]
-    if metric == "cosine":
-        d = dim if s.dim() == 4 else -1
-        return (1 - F.cosine_similarity(s, t, dim=d, eps=1e-8)).mean()
+    if metric not in ("cosine", "nmse"):
+        raise BcosifyError(f"unknown alignment metric {metric!r}; use 'cosine' or 'nmse'")
     if metric == "nmse":
-        sn = F.normalize(s.flatten(1), dim=1, eps=1e-12)
-        tn = F.normalize(t.flatten(1), dim=1, eps=1e-12)
-        return (sn - tn).pow(2).sum(1).mean()
-    raise BcosifyError(f"unknown alignment metric {metric!r}; use 'cosine' or 'nmse'")
+        s, t, d = s.flatten(1), t.flatten(1), 1
+    else:
+        d = dim if s.dim() == 4 else -1
+    # each side normalised on its own with a small eps: B-cos features can be tiny (1e-13 after
+    # 16 blocks of a fresh conversion) and the distance must still ignore their scale; the eps
+    # bounds the gradient of features that are zero
+    sn, tn = F.normalize(s, dim=d, eps=_EPS), F.normalize(t, dim=d, eps=_EPS)
+    if metric == "nmse":
+        return (sn - tn).pow(2).sum(d).mean()
+    cos = (sn * tn).sum(d)
+    both_zero = (s.abs().amax(d) == 0) & (t.abs().amax(d) == 0)
+    return (1 - torch.where(both_zero, torch.ones_like(cos), cos)).mean()
+
+
+_EPS = 1e-20
 
 
 class AlignmentLoss(nn.Module):
@@ -360,10 +405,11 @@ class AlignmentLoss(nn.Module):
         if self.nodes:
             feature = feature / self._total
         loss = feature
-        use_logits = self.logit_weight > 0 and (step is None or step >= self.logit_start_step)
+        use_logits = step is None or step >= self.logit_start_step
         kl = self.logit_loss(logits, teacher_logits)
-        if use_logits:
-            loss = loss + self.logit_weight * kl
+        # the logit term stays in the graph with weight 0 while it is off: under DDP every
+        # parameter (the head after the last aligned node too) must receive a gradient
+        loss = loss + (self.logit_weight if use_logits else 0.0) * kl
         parts["feature"] = feature.detach()
         parts["logit"] = kl.detach()
         return loss, parts
@@ -375,6 +421,11 @@ class AlignmentLoss(nn.Module):
                     f"no features at {n.name!r}: the model's forward did not reach that node"
                 )
             s, t = student_feats[n.name], teacher_feats[n.name]
+            if not (isinstance(s, Tensor) and isinstance(t, Tensor)):
+                raise BcosifyError(
+                    f"cannot align at {n.name!r}: its value is a {type(t).__name__}, not a tensor; "
+                    "choose other nodes (train.align.nodes)"
+                )
             if s.shape != t.shape:
                 raise BcosifyError(
                     f"cannot align at {n.name!r}: the student's features are {tuple(s.shape)} but "

@@ -677,7 +677,8 @@ class _Run:
             every = r.train.checkpoint_every_steps
             last_batch = batches is not None and state.batch_in_epoch >= batches
             n = r.train.eval_every_steps
-            if n and state.global_step % n == 0 and self.val_loader is not None and not last_batch:
+            evaluate = n and state.global_step % n == 0 and not (last_batch or self._done())
+            if evaluate and self.val_loader is not None:
                 acc.log(self._validate(self.val_loader), step=state.global_step)
                 model.train()
             if every and state.global_step % every == 0 and not last_batch:

@@ -284,6 +284,9 @@ class Recipe:
         if t.distill.temperature <= 0:
             raise RecipeError("train.distill.temperature must be > 0")
         a = t.align
+        for name, w in a.weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise RecipeError(f"train.align.weights[{name!r}] must be a number, got {w!r}")
         if (
             a.logit_weight < 0
             or a.logit_start_step < 0
