@@ -45,7 +45,11 @@ class BcosConfig:
         first_layer_norm: the patch norm of the first B-cos layer, on the raw encoding
             ``[x, 1 - x]`` (``"raw"``, the B-cos v2 convention) or on the normalised encoding
             ``([x, 1 - x] - [mean, 1 - mean]) / [std, std]`` (``"normalized"``, the published
-            B-cosification code). Only the norm differs: explanations are exact either way.
+            B-cosification code). Only the norm differs: explanations are exact either way. (A
+            first layer with TensorFlow 'SAME' padding, timm's ``Conv2dSame``, pads the raw
+            encoding before the norm, so its border patches differ from the published
+            convention; where the normalisation cannot be folded, the first layer sees the
+            normalised encoding anyway.)
 
     Example:
         >>> cfg = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
