@@ -366,9 +366,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_gloo(tmp_path, folder):
-    """torchrun, 2 CPU processes: both ranks end with identical weights, metrics logged once."""
-    out, digests = tmp_path / "run", tmp_path / "digests"
+def _torchrun_two(out: Path, digests: Path, folder: Path, *overrides: str):
+    """The tiny recipe under torchrun with 2 CPU processes (4 images per process and step); each
+    rank writes a digest of its final weights to ``digests``. Fails the test if the run fails."""
     cmd = [
         sys.executable,
         "-m",
@@ -386,10 +386,17 @@ def test_two_processes_gloo(tmp_path, folder):
         "--digest-dir",
         str(digests),
         "data.batch_size=4",
-        *FAST,
+        *overrides,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def test_two_processes_gloo(tmp_path, folder):
+    """torchrun, 2 CPU processes: both ranks end with identical weights, metrics logged once."""
+    out, digests = tmp_path / "run", tmp_path / "digests"
+    proc = _torchrun_two(out, digests, folder, *FAST)
     ranks = sorted(p.name for p in digests.iterdir())
     assert ranks == ["rank0.txt", "rank1.txt"]
     assert (digests / "rank0.txt").read_text() == (digests / "rank1.txt").read_text()
@@ -665,27 +672,7 @@ def test_align_resume_after_sigkill_and_two_processes(tmp_path, folder):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     out, digests = tmp_path / "ddp", tmp_path / "digests"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(WORKER),
-        str(TINY),
-        str(out),
-        str(folder),
-        "--digest-dir",
-        str(digests),
-        "data.batch_size=4",
-        *common,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _torchrun_two(out, digests, folder, *common)
     assert (digests / "rank0.txt").read_text() == (digests / "rank1.txt").read_text()
     rows = _csv_rows(out)
     assert [r["step"] for r in rows if r.get("train/feature")] == ["1", "2", "3", "4"]

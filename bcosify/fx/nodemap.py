@@ -30,6 +30,15 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _METADATA = {"size", "dim", "numel", "shape", "ndim", "dtype", "device"}
 
 
+def is_metadata(node: fx.Node) -> bool:
+    """Whether ``node`` reads tensor metadata (a shape, a dtype), not tensor values."""
+    if node.op == "call_method":
+        return node.target in _METADATA
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in _METADATA
+    return False
+
+
 @dataclasses.dataclass
 class NodeMap:
     """Source node -> converted node, plus the source's module structure.
@@ -93,12 +102,6 @@ def tag_origins(graph: fx.Graph) -> None:
         node.meta[ORIGIN] = node.name
 
 
-def _is_metadata(node: fx.Node) -> bool:
-    if node.op == "call_method":
-        return node.target in _METADATA
-    return node.op == "call_function" and node.target is getattr
-
-
 def _scopes(node: fx.Node) -> set[str]:
     stack = node.meta.get("nn_module_stack") or {}
     out = set()
@@ -120,7 +123,7 @@ def scope_outputs(graph: fx.Graph) -> dict[str, str]:
     scopes = {n: _scopes(n) for n in graph.nodes}
     found: dict[str, list[str]] = {}
     for node in graph.nodes:
-        if node.op in ("placeholder", "output", "get_attr") or _is_metadata(node):
+        if node.op in ("placeholder", "output", "get_attr") or is_metadata(node):
             continue
         for path in scopes[node]:
             if any(path not in scopes[u] or u.op == "output" for u in node.users):

@@ -106,24 +106,12 @@ class RewriteContext:
         self.record(mul, "inserted", "DetachableGate (x * gate)")
 
 
-_METADATA = {"size", "dim", "numel", "shape", "ndim", "dtype", "device"}
-
-
-def _is_metadata(node: fx.Node) -> bool:
-    """Whether ``node`` reads tensor metadata (a shape, a dtype), not tensor values."""
-    if node.op == "call_method":
-        return node.target in _METADATA
-    if node.op == "call_function" and node.target is getattr:
-        return len(node.args) > 1 and node.args[1] in _METADATA
-    return False
-
-
 def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
     """Nodes whose values depend on the input (shape arithmetic does not count)."""
     dep: set[fx.Node] = set()
     for node in graph.nodes:
         if node.op == "placeholder" or (
-            not _is_metadata(node) and any(a in dep for a in node.all_input_nodes)
+            not nodemap.is_metadata(node) and any(a in dep for a in node.all_input_nodes)
         ):
             dep.add(node)
     return dep

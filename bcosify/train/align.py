@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from bcosify.errors import BcosifyError
-from bcosify.fx.nodemap import NodeMap, node_map
+from bcosify.fx.nodemap import node_map
+from bcosify.train.losses import DistillationLoss
 
 __all__ = [
     "AlignNode",
@@ -127,14 +128,9 @@ def align_nodes(
         w = float(weights.get(name, 1.0))
         if not w >= 0:
             raise BcosifyError(f"train.align.weights[{name!r}] is {w}; weights must be >= 0")
-        out.append(AlignNode(name, source, nm.nodes[source], w, _channel_dim(nm, name, source)))
+        # the channel axis the features would have as a 4-d map (tokens always use the last)
+        out.append(AlignNode(name, source, nm.nodes[source], w, nm.channel_dim(source, 4)))
     return out
-
-
-def _channel_dim(nm: NodeMap, name: str, source: str) -> int:
-    """The channel axis the features would have as a 4-d map (tokens and vectors always use
-    their last axis)."""
-    return min(nm.channel_dim(name, 4), nm.channel_dim(source, 4))
 
 
 # ---------------------------------------------------------------------------- student taps
@@ -372,6 +368,7 @@ class AlignmentLoss(nn.Module):
         self.metric = metric
         self.logit_weight = float(logit_weight)
         self.temperature = float(temperature)
+        self.distillation = DistillationLoss(self.temperature)
         self.logit_start_step = int(logit_start_step)
         total = sum(n.weight for n in self.nodes)
         if self.nodes and total <= 0:
@@ -380,10 +377,7 @@ class AlignmentLoss(nn.Module):
         self._checked = False
 
     def logit_loss(self, logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        t = self.temperature
-        log_p = F.log_softmax(logits.float() / t, dim=-1)
-        log_q = F.log_softmax(teacher_logits.float() / t, dim=-1)
-        return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * t * t
+        return self.distillation(logits, teacher_logits)
 
     def forward(
         self,
