@@ -163,6 +163,28 @@ def test_seeded_augmentation_depends_only_on_seed_epoch_index():
     assert not torch.equal(ds[1][0], first)  # another epoch, another crop
 
 
+def test_seeded_augmentation_leaves_the_callers_random_streams_alone():
+    import random
+
+    import numpy as np
+
+    image = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())
+    tf = train_transform(DataSection(image_size=16))
+    ds = SeededDataset([(image, 0)] * 3, tf, seed=1)
+    streams = lambda: (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])  # noqa: E731
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    expected = streams()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    sample = ds[2][0]
+    got = streams()
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    assert np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+    # the crop is the one torch.manual_seed(the sample's seed) gives: resumable runs and saved
+    # augmentations stay what they were
+    torch.manual_seed((1 * 1_000_003 + 0) * 2_147_483_647 + 2)
+    torch.testing.assert_close(sample, tf(image), rtol=0, atol=0)
+
+
 def test_data_errors(tmp_path, folder):
     with pytest.raises(RecipeError, match="not a directory"):
         build_datasets(DataSection(train=str(tmp_path / "missing")))

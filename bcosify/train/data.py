@@ -95,17 +95,23 @@ class _ToRGB:
 
 @contextmanager
 def _seeded(seed: int):
-    """Seed python, numpy and torch RNGs inside the block and restore them afterwards."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    """Seed python, numpy and torch (CPU) RNGs inside the block and restore them afterwards.
+
+    The CPU generator is seeded directly: ``torch.manual_seed`` (and ``fork_rng``) also visit
+    every accelerator backend, which made this the dearest part of loading a small image
+    (about 0.3 ms of 0.5). The CPU stream is the same as after ``torch.manual_seed(seed)``.
+    """
+    gen = torch.default_generator
+    torch_state, py_state, np_state = gen.get_state(), random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    gen.manual_seed(seed)
+    try:
+        yield
+    finally:
+        gen.set_state(torch_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 class SeededDataset(Dataset):
