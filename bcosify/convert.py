@@ -13,7 +13,7 @@ from torch import nn
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, UnsupportedLayerError
-from bcosify.fx import nodemap, passes, trace
+from bcosify.fx import nodemap, passes, rules, trace
 from bcosify.preprocessing import IMAGENET_DEFAULT, Preprocessing
 from bcosify.report import ConversionReport
 
@@ -72,6 +72,7 @@ def _run(
     dry_run: bool,
 ) -> tuple[nn.Module, ConversionReport]:
     _check_model(model)
+    rules.load_library_rules()  # before tracing: types with a rule are leaves
     if config is None:
         config = BcosConfig()
     elif not isinstance(config, BcosConfig):

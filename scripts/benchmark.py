@@ -295,6 +295,48 @@ def bench_conversion(archs: list[str], repeats: int) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------------- import
+IMPORT_COMMANDS = {
+    "import torch": [sys.executable, "-c", "import torch"],
+    "import bcosify": [sys.executable, "-c", "import bcosify"],
+    "bcosify --help": [sys.executable, "-m", "bcosify", "--help"],
+}
+
+
+def bench_import(repeats: int = 5) -> dict:
+    """Wall time of a fresh interpreter importing torch, importing bcosify and printing the CLI
+    help, interleaved ``repeats`` times (medians), and which libraries ``import bcosify`` loads."""
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    samples: dict[str, list[float]] = {k: [] for k in IMPORT_COMMANDS}
+    for _ in range(repeats):
+        for name, cmd in IMPORT_COMMANDS.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT)
+            samples[name].append(time.perf_counter() - t0)
+    probe = (
+        "import sys, bcosify; "
+        "print(','.join(m for m in ('timm', 'torchvision') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    result = {
+        "median_s": med,
+        "samples_s": samples,
+        "bcosify_over_torch_s": med["import bcosify"] - med["import torch"],
+        "libraries_loaded_by_import": [m for m in loaded.split(",") if m],
+    }
+    print(
+        f"  import bcosify: {result['bcosify_over_torch_s']:+.2f} s over import torch "
+        f"({med['import torch']:.2f} s); bcosify --help {med['bcosify --help']:.2f} s",
+        flush=True,
+    )
+    return result
+
+
 # --------------------------------------------------------------------------------- memory
 def _status_kib(key: str) -> int:
     text = Path("/proc/self/status").read_text()
@@ -508,6 +550,23 @@ def markdown(results: dict) -> str:
     for arch, c in results["conversion"].items():
         cell = f"{c['median_s']:.2f}" if "median_s" in c else f"unsupported: {c['unsupported']}"
         lines.append(f"| {arch} | {cell} |")
+    imp = results.get("import")
+    if imp:
+        med = imp["median_s"]
+        lines += [
+            "",
+            "#### Import time (fresh interpreter, median of "
+            f"{len(imp['samples_s']['import torch'])})",
+            "",
+            "| command | wall s |",
+            "| --- | --- |",
+            *[f"| `{k}` | {v:.2f} |" for k, v in med.items()],
+            "",
+            f"`import bcosify` costs {imp['bcosify_over_torch_s']:+.2f} s over `import torch` and "
+            "loads "
+            + (", ".join(imp["libraries_loaded_by_import"]) or "neither timm nor torchvision")
+            + ".",
+        ]
     lines += ["", "#### Targets", ""]
     lines += [
         "| target | wall clock | holds | CPU time | holds |",
@@ -515,10 +574,8 @@ def markdown(results: dict) -> str:
     ]
     yes = {True: "yes", False: "**no**"}
     for t in results["targets"]:
-        lines.append(
-            f"| {t['target']} | {t['wall']:.2f} | {yes[t['holds_wall']]} | {t['cpu']:.2f} | "
-            f"{yes[t['holds_cpu']]} |"
-        )
+        cpu = f"{t['cpu']:.2f} | {yes[t['holds_cpu']]}" if "cpu" in t else "– | –"
+        lines.append(f"| {t['target']} | {t['wall']:.2f} | {yes[t['holds_wall']]} | {cpu} |")
     return "\n".join(lines) + "\n"
 
 
@@ -548,6 +605,15 @@ def targets(results: dict) -> list[dict]:
             1.5,
             at_most=False,
         )
+    imp = results.get("import")
+    if imp:
+        for name, value, limit in (
+            ("import bcosify, over import torch ≤ 0.5 s", imp["bcosify_over_torch_s"], 0.5),
+            ("bcosify --help ≤ 1 s", imp["median_s"]["bcosify --help"], 1.0),
+        ):
+            out.append(
+                {"target": name, "limit": limit, "wall": value, "holds_wall": value <= limit}
+            )
     return out
 
 
@@ -579,6 +645,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--convert-archs", default="resnet50,vit_b_16")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--import-repeats", type=int, default=5, help="runs of each import timing")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks", help="output directory")
     p.add_argument("--update-docs", action="store_true", help="rewrite docs/benchmarks.md's table")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 at 64 px, 1 round")
@@ -593,6 +660,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             rounds=1,
             explain_rounds=1,
             convert_archs="resnet18",
+            import_repeats=1,
         )
         for key, value in quick.items():
             if getattr(args, key) == p.get_default(key):
@@ -656,6 +724,8 @@ def main(argv=None) -> dict | None:
         results["architectures"][arch] = res
     print("conversion:", flush=True)
     results["conversion"] = bench_conversion(args.convert_archs.split(","), repeats=3)
+    print("import:", flush=True)
+    results["import"] = bench_import(args.import_repeats)
     results["load_average_end"] = list(os.getloadavg())
     results["total_s"] = time.perf_counter() - t_start
     results["targets"] = targets(results)

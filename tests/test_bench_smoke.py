@@ -30,8 +30,11 @@ def test_quick_run_writes_results(benchmark, tmp_path):
     assert explain["completeness_error_max"] < 1e-3  # calibrated norms: the logits are not ~0
     assert explain["reference_explain_loop"]["median_s"] > 0
     assert saved["conversion"]["resnet18"]["median_s"] > 0
-    assert len(saved["targets"]) == 2 * 2 + 2
     table = (tmp_path / "results.md").read_text()
+    assert len(saved["targets"]) == 2 * 2 + 2 + 2
+    imp = saved["import"]
+    assert imp["libraries_loaded_by_import"] == []  # the library rules load on demand
+    assert imp["median_s"]["import bcosify"] > 0 and "import time" in table.lower()
     assert "bcosify (reference config)" in table and "| resnet18 |" in table
     assert results["machine"]["torch_threads"] == 1
 

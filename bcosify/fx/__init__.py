@@ -1,11 +1,11 @@
 """Tracing and graph rewriting: the tracer, the rule tables and the passes."""
 
-from bcosify.fx import rules_libs as _rules_libs  # noqa: F401  (registers library rules)
 from bcosify.fx.rules import (
     KEEP,
     REMOVE,
     get_module_rule,
     list_module_rules,
+    load_library_rules,
     register_function_rule,
     register_module_rule,
 )
@@ -17,6 +17,7 @@ __all__ = [
     "BcosTracer",
     "get_module_rule",
     "list_module_rules",
+    "load_library_rules",
     "register_function_rule",
     "register_module_rule",
     "trace",

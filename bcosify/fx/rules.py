@@ -15,7 +15,9 @@ registered as neutral and pass through unchanged.
 
 from __future__ import annotations
 
+import importlib
 import operator
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "get_module_rule",
     "get_function_rule",
     "list_module_rules",
+    "load_library_rules",
     "GATE_MODULES",
 ]
 
@@ -95,8 +98,45 @@ def register_function_rule(target: Callable | str, rule: FunctionRule | None = N
     return _register if rule is None else _register(rule)
 
 
+_LIBRARY_RULES = (
+    ("torchvision", "bcosify.fx.rules_torchvision"),
+    ("timm", "bcosify.fx.rules_timm"),
+)
+_LOADED_LIBRARY_RULES: set[str] = set()
+
+
+def load_library_rules() -> list[str]:
+    """Register the built-in rules for the layers of torchvision and timm, for each of the two
+    that is imported (a model made of a library's layers cannot exist before the library is
+    imported, so ``import bcosify`` need not import either). Conversion and the rule lookups
+    call this; calling it again is cheap.
+
+    A rule the user registered before for a library class stays: built-in rules never replace
+    user rules.
+
+    Returns:
+        The rule modules loaded by this call.
+    """
+    loaded = []
+    for library, module in _LIBRARY_RULES:
+        if module in _LOADED_LIBRARY_RULES or library not in sys.modules:
+            continue
+        _LOADED_LIBRARY_RULES.add(module)
+        before_modules, before_functions = dict(_MODULE_RULES), dict(_FUNCTION_RULES)
+        try:
+            importlib.import_module(module)
+        except BaseException:
+            _LOADED_LIBRARY_RULES.discard(module)
+            raise
+        _MODULE_RULES.update(before_modules)
+        _FUNCTION_RULES.update(before_functions)
+        loaded.append(module)
+    return loaded
+
+
 def get_module_rule(module_type: type) -> ModuleRule | None:
     """The rule for ``module_type``: the one registered for the most specific class in its MRO."""
+    load_library_rules()
     for cls in module_type.__mro__:
         rule = _MODULE_RULES.get(cls)
         if rule is not None:
@@ -105,6 +145,7 @@ def get_module_rule(module_type: type) -> ModuleRule | None:
 
 
 def get_function_rule(target: Callable | str) -> FunctionRule | None:
+    load_library_rules()
     try:
         return _FUNCTION_RULES.get(target)
     except TypeError:  # unhashable target
@@ -112,7 +153,8 @@ def get_function_rule(target: Callable | str) -> FunctionRule | None:
 
 
 def list_module_rules() -> dict[type, ModuleRule]:
-    """A copy of the module rule table."""
+    """A copy of the module rule table (with the rules of the imported libraries)."""
+    load_library_rules()
     return dict(_MODULE_RULES)
 
 

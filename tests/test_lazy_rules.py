@@ -1,0 +1,83 @@
+"""The library rules (torchvision, timm) load on demand: a free import, and no rule lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def _python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_import_bcosify_loads_neither_timm_nor_torchvision():
+    out = _python(
+        """
+        import sys
+        import bcosify
+        from bcosify.nn import BcosConv2d
+        import bcosify.cli
+        print(sorted(m for m in ("timm", "torchvision") if m in sys.modules))
+        """
+    )
+    assert out.strip() == "[]"
+
+
+def test_timm_rules_load_at_conversion_when_timm_is_imported_later():
+    # BatchNormAct2d subclasses nn.BatchNorm2d and overrides forward (norm + activation): without
+    # its own rule the MRO lookup would convert it as a plain BatchNorm and drop its activation
+    out = _python(
+        """
+        import torch, bcosify
+        from torch import nn
+        import timm.layers as tl
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 8, 3), tl.BatchNormAct2d(8), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 3)).eval()
+        c = bcosify.convert(m, bcosify.BcosConfig(b=1, keep_bias=True, activation="exact"),
+                            mean=(0.5,) * 3, std=(0.5,) * 3)
+        x = torch.rand(2, 3, 12, 12)
+        err = (c(x) - m((x - 0.5) / 0.5)).abs().max().item()
+        print(type(c.get_submodule("1")).__name__, err < 1e-5)
+        """
+    )
+    assert out.split() == ["UncenteredBatchNormAct2d", "True"]
+
+
+def test_a_user_rule_for_a_library_class_is_not_replaced_by_the_built_in_one():
+    out = _python(
+        """
+        import bcosify, timm.layers as tl
+        from bcosify.fx import rules
+
+        def mine(module, config):
+            return rules.KEEP
+
+        bcosify.register_module_rule(tl.LayerNorm2d, mine)  # before the timm rules are loaded
+        print(rules.load_library_rules())
+        print(rules.get_module_rule(tl.LayerNorm2d) is mine,
+              rules.get_module_rule(tl.BatchNormAct2d) is not None)
+        print(rules.load_library_rules())
+        """
+    )
+    lines = out.strip().splitlines()
+    assert "bcosify.fx.rules_timm" in lines[0]
+    assert lines[1:] == ["True True", "[]"]
+
+
+@pytest.mark.parametrize("library", ["torchvision", "timm"])
+def test_every_library_rule_module_is_registered(library):
+    from bcosify.fx import rules
+
+    assert (library, f"bcosify.fx.rules_{library}") in rules._LIBRARY_RULES
