@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bcosify import metadata
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, UnsupportedLayerError
@@ -106,7 +107,7 @@ def _run(
         passes.add_logit(ctx, logit_bias)
     gm.graph.lint()
     gm.recompile()
-    gm.meta["bcosify_node_map"] = nodemap.collect(
+    node_map = nodemap.collect(
         gm,
         outputs,
         blocks,
@@ -115,13 +116,18 @@ def _run(
         nodemap.channels_last_blocks(source, blocks),
     ).to_dict()
     gm.delete_all_unused_submodules()
+    gm = metadata.BcosGraphModule(gm, gm.graph, type(gm).__name__)
     gm.train(was_training)
-    gm.bcosify_config = config
-    gm.bcosify_preprocessing = preprocessing
-    gm.bcosify_num_classes = num_classes
-    gm.bcosify_source = dict(getattr(model, "bcosify_source", {}) or {})
-    gm.conversion_report = report
-    gm.transform = preprocessing.transform()
+    metadata.attach(
+        gm,
+        bcosify_config=config,
+        bcosify_preprocessing=preprocessing,
+        bcosify_num_classes=num_classes,
+        bcosify_source=dict(getattr(model, "bcosify_source", {}) or {}),
+        bcosify_node_map=node_map,
+        conversion_report=report,
+        transform=preprocessing.transform(),
+    )
     return gm, report
 
 

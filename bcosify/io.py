@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bcosify import metadata
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, ModelSourceError
 from bcosify.preprocessing import Preprocessing
@@ -117,7 +118,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
         "config": config.to_dict(),
         "versions": _versions(),
     }
-    node_map = getattr(model, "meta", {}).get("bcosify_node_map")
+    node_map = getattr(model, "bcosify_node_map", None)
     if node_map is not None:
         meta["node_map"] = node_map  # source node -> converted node (bcosify.node_map)
 
@@ -320,7 +321,7 @@ def load(
         )
     _load_strict(converted, state_dict, weights_path)
     saved_map = meta.get("node_map")
-    if saved_map is not None and saved_map != converted.meta.get("bcosify_node_map"):
+    if saved_map is not None and saved_map != converted.bcosify_node_map:
         import warnings
 
         warnings.warn(
@@ -331,10 +332,13 @@ def load(
             stacklevel=2,
         )
 
-    converted.bcosify_preprocessing = preprocessing
-    converted.transform = preprocessing.transform()
-    converted.bcosify_source = dict(source)
-    converted.bcosify_num_classes = num_classes
+    metadata.attach(
+        converted,
+        bcosify_preprocessing=preprocessing,
+        transform=preprocessing.transform(),
+        bcosify_source=dict(source),
+        bcosify_num_classes=num_classes,
+    )
     return converted.to(map_location).eval()
 
 

@@ -307,3 +307,38 @@ def test_load_missing_directory(tmp_path):
 def test_preprocessing_dict_round_trip():
     pre = Preprocessing(MEAN, STD, 40, 44, "bicubic")
     assert Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "pickle+deepcopy"])
+def test_metadata_survives_copies_and_the_copy_saves(tmp_path, how):
+    import copy
+
+    import torchvision
+
+    from bcosify import metadata
+
+    torch.manual_seed(0)
+    model = bcosify.convert(torchvision.models.resnet18(num_classes=5), mean=MEAN, std=STD)
+    if how == "deepcopy":
+        other = copy.deepcopy(model)
+    elif how == "pickle":  # DataLoader workers, multiprocessing
+        other = pickle.loads(pickle.dumps(model))
+    else:
+        other = copy.deepcopy(pickle.loads(pickle.dumps(model)))
+    for name in metadata.ATTRIBUTES:
+        mine, theirs = getattr(model, name), getattr(other, name)
+        assert repr(theirs) == repr(mine), name
+    assert bcosify.node_map(other) == bcosify.node_map(model)
+    with pytest.raises(BcosifyError, match="already"):
+        bcosify.convert(other)
+    bcosify.save(other, tmp_path / "m")  # said "convert it first" before
+    x = torch.rand(2, 3, 32, 32)
+    loaded = bcosify.load(tmp_path / "m", model=torchvision.models.resnet18(num_classes=5))
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_metadata_names_are_checked():
+    from bcosify import metadata
+
+    with pytest.raises(BcosifyError, match="unknown metadata"):
+        metadata.attach(nn.Linear(2, 2), bcosify_confg=None)

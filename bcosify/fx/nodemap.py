@@ -233,8 +233,7 @@ def node_map(model: nn.Module) -> NodeMap:
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
     model = getattr(model, "_orig_mod", model)  # torch.compile
-    meta = getattr(model, "meta", None)
-    values = meta.get("bcosify_node_map") if isinstance(meta, dict) else None
+    values = getattr(model, "bcosify_node_map", None)
     if values is None:
         raise BcosifyError(
             f"this {type(model).__name__} has no node map: it is not a converted model, or it was "
