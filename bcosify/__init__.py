@@ -12,7 +12,16 @@ from bcosify.config import BcosConfig
 from bcosify.convert import analyze, convert, is_converted
 from bcosify.errors import BcosifyError, ModelSourceError, TraceError, UnsupportedLayerError
 from bcosify.explain import Explanation, explain, explanation_mode
-from bcosify.fx import KEEP, REMOVE, register_function_rule, register_module_rule
+from bcosify.fx import (
+    KEEP,
+    REMOVE,
+    declare_safe_subclass,
+    register_function_rule,
+    register_module_rule,
+    scoped_rules,
+    unregister_function_rule,
+    unregister_module_rule,
+)
 from bcosify.fx.nodemap import NodeMap, node_map
 from bcosify.io import load, save
 from bcosify.report import ConversionReport
@@ -39,7 +48,11 @@ __all__ = [
     "is_converted",
     "load",
     "node_map",
+    "declare_safe_subclass",
     "register_function_rule",
     "register_module_rule",
+    "scoped_rules",
+    "unregister_function_rule",
+    "unregister_module_rule",
     "save",
 ]

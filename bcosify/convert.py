@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,7 +15,8 @@ from bcosify import metadata
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, UnsupportedLayerError
-from bcosify.fx import nodemap, passes, rules, trace
+from bcosify.fx import nodemap, passes, trace
+from bcosify.fx import rules as fx_rules
 from bcosify.preprocessing import IMAGENET_DEFAULT, Preprocessing
 from bcosify.report import ConversionReport
 
@@ -73,7 +75,7 @@ def _run(
     dry_run: bool,
 ) -> tuple[nn.Module, ConversionReport]:
     _check_model(model)
-    rules.load_library_rules()  # before tracing: types with a rule are leaves
+    fx_rules.load_library_rules()  # before tracing: types with a rule are leaves
     if config is None:
         config = BcosConfig()
     elif not isinstance(config, BcosConfig):
@@ -151,6 +153,7 @@ def convert(
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    rules: Mapping[Any, Callable] | None = None,
 ) -> torch.fx.GraphModule:
     """Convert ``model`` into a B-cos network.
 
@@ -164,6 +167,9 @@ def convert(
         config: conversion options (default ``BcosConfig()``: B=2, no biases, no ReLU).
         mean, std: the normalisation the source model expects; by default taken from the model's
             known preprocessing (bcosify sources, timm ``pretrained_cfg``).
+        rules: rules for this call only (module types -> module rules, functions or method
+            names -> function rules; see :func:`bcosify.fx.rules.scoped_rules`); they win over
+            the registered ones.
 
     Returns:
         A ``torch.fx.GraphModule`` taking images in [0, 1] (no normalisation outside), with
@@ -182,7 +188,8 @@ def convert(
         >>> m(torch.rand(1, 3, 64, 64)).shape
         torch.Size([1, 1000])
     """
-    gm, _ = _run(model, config, mean, std, dry_run=False)
+    with fx_rules.scoped_rules(rules):
+        gm, _ = _run(model, config, mean, std, dry_run=False)
     return gm
 
 
@@ -192,6 +199,7 @@ def analyze(
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    rules: Mapping[Any, Callable] | None = None,
 ) -> ConversionReport:
     """Dry run of :func:`convert`: the report of what would change, unsupported operations
     included (``report.unsupported``) instead of raised. ``model`` is not modified.
@@ -202,5 +210,6 @@ def analyze(
         >>> report.ok
         True
     """
-    _, report = _run(model, config, mean, std, dry_run=True)
+    with fx_rules.scoped_rules(rules):
+        _, report = _run(model, config, mean, std, dry_run=True)
     return report

@@ -315,7 +315,7 @@ def _convert_module_node(
     if _skipped(name, config.skip_modules):
         ctx.record(node, "skipped", type(module).__name__)
         return
-    if isinstance(module, rules.GATE_MODULES):
+    if isinstance(module, rules.GATE_MODULES) and not rules.is_user_rule(type(module)):
         if isinstance(module, nn.Tanh) or type(module).__name__ == "Tanh":
             # tanh(x) = x * (tanh(x) / x): a gated identity, exact
             ctx.replace_with_module(
@@ -336,25 +336,33 @@ def _convert_module_node(
         ctx.gm.set_submodule(name, result)
         ctx.record(node, "replaced", "Linear -> PlainLinear (attention q/k/v projection)")
     else:
-        rule = rules.get_module_rule(type(module))
+        rule, why = rules.resolve_module_rule(type(module))
+        kind = type(module).__module__ + "." + type(module).__qualname__
         if rule is None:
             ctx.unsupported(
                 node,
-                type(module).__module__ + "." + type(module).__qualname__,
-                "no conversion rule for this module type; register one with "
+                kind,
+                why
+                or "no conversion rule for this module type; register one with "
                 "bcosify.register_module_rule or skip it",
             )
             return
         result = rule(module, config)
         if result is None:
             ctx.unsupported(
-                node,
-                type(module).__module__ + "." + type(module).__qualname__,
-                getattr(rule, "declined", "its rule does not cover this configuration"),
+                node, kind, getattr(rule, "declined", "its rule does not cover this configuration")
             )
             return
+        if not (isinstance(result, nn.Module) or result is rules.KEEP or result is rules.REMOVE):
+            raise BcosifyError(
+                f"the conversion rule {getattr(rule, '__qualname__', rule)!r} for {kind} (at "
+                f"{name}) returned {result!r}; a module rule returns a replacement nn.Module, "
+                "bcosify.KEEP, bcosify.REMOVE, or None when it does not support the module"
+            )
         ctx._replaced[name] = result
-        if isinstance(result, nn.Module) and result is not module:
+        if result is module:
+            ctx.record(node, "kept", type(module).__name__, "changed in place by its rule")
+        elif isinstance(result, nn.Module):
             ctx.gm.set_submodule(name, result)
             ctx.record(node, "replaced", f"{_describe(module)} -> {_describe(result)}")
     if result is rules.KEEP and _interesting_keep(module):

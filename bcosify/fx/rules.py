@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib
 import operator
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,6 +42,11 @@ __all__ = [
     "get_function_rule",
     "list_module_rules",
     "load_library_rules",
+    "resolve_module_rule",
+    "scoped_rules",
+    "declare_safe_subclass",
+    "unregister_module_rule",
+    "unregister_function_rule",
     "GATE_MODULES",
 ]
 
@@ -61,13 +67,61 @@ FunctionRule = Callable[["RewriteContext", torch.fx.Node], None]
 
 _MODULE_RULES: dict[type, ModuleRule] = {}
 _FUNCTION_RULES: dict[Any, FunctionRule] = {}
+# keys the user registered (they win over built-in rules, gates included), and the built-in
+# rules they shadow (restored by unregistering)
+_USER_MODULE_TYPES: set[type] = set()
+_USER_FUNCTION_TARGETS: set[Any] = set()
+_SHADOWED: dict[tuple[str, Any], Callable] = {}
+# subclasses that override forward() yet compute their base's function (the base's rule holds)
+_SAFE_SUBCLASSES: set[type] = set()
+_BUILTIN = [True]  # True while bcosify registers its own rules (this module, library rules)
 
 
-def register_module_rule(module_type: type, rule: ModuleRule | None = None):
-    """Register how modules of ``module_type`` (and its subclasses) are converted.
+def _key_name(key: Any) -> str:
+    if isinstance(key, type):
+        return f"{key.__module__}.{key.__qualname__}"
+    return key if isinstance(key, str) else getattr(key, "__qualname__", repr(key))
+
+
+def _set_rule(kind: str, key: Any, fn: Callable, override: bool) -> None:
+    table = _MODULE_RULES if kind == "module" else _FUNCTION_RULES
+    users = _USER_MODULE_TYPES if kind == "module" else _USER_FUNCTION_TARGETS
+    if _BUILTIN[0]:
+        table[key] = fn
+        return
+    if key in table and not override:
+        owner = "you registered" if key in users else "bcosify has"
+        raise BcosifyError(
+            f"a {kind} rule for {_key_name(key)} already exists ({owner} "
+            f"{getattr(table[key], '__qualname__', table[key])!r}); pass override=True to replace "
+            f"it, or unregister_{kind}_rule({_key_name(key)}) first"
+        )
+    if key in table and key not in users:
+        _SHADOWED[(kind, key)] = table[key]
+    table[key] = fn
+    users.add(key)
+
+
+def register_module_rule(
+    module_type: type, rule: ModuleRule | None = None, *, override: bool = False
+):
+    """Register how modules of ``module_type`` (and subclasses that do not override
+    ``forward``) are converted.
 
     Can be used as a decorator. The rule receives the module and the :class:`BcosConfig` and
-    returns a replacement module, :data:`KEEP` or :data:`REMOVE`.
+    returns a replacement module, :data:`KEEP`, :data:`REMOVE`, or ``None`` (this configuration
+    is not supported: the module is reported). A rule registered here is consulted before
+    bcosify's own handling, also for gates (``nn.Sigmoid`` and the like).
+
+    Args:
+        module_type: an ``nn.Module`` subclass.
+        rule: the rule; omitted, the call returns a decorator.
+        override: replace a rule that already exists for exactly this type (a built-in one is
+            restored by :func:`unregister_module_rule`). Without it, that is an error.
+
+    Raises:
+        BcosifyError: for a type that is not an ``nn.Module`` subclass, a rule that is not
+            callable, or a type that already has a rule (without ``override``).
 
     Example:
         >>> class Scale(nn.Module):
@@ -75,6 +129,7 @@ def register_module_rule(module_type: type, rule: ModuleRule | None = None):
         ...         return 2 * x
         >>> register_module_rule(Scale, lambda module, config: KEEP)
         <function <lambda> at ...>
+        >>> _ = unregister_module_rule(Scale)
     """
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise BcosifyError(f"register_module_rule needs an nn.Module subclass, got {module_type!r}")
@@ -82,20 +137,158 @@ def register_module_rule(module_type: type, rule: ModuleRule | None = None):
     def _register(fn: ModuleRule) -> ModuleRule:
         if not callable(fn):
             raise BcosifyError(f"a module rule must be callable, got {fn!r}")
-        _MODULE_RULES[module_type] = fn
+        _set_rule("module", module_type, fn, override)
         return fn
 
     return _register if rule is None else _register(rule)
 
 
-def register_function_rule(target: Callable | str, rule: FunctionRule | None = None):
-    """Register how graph nodes calling ``target`` (a function, or a method name) are handled."""
+def register_function_rule(
+    target: Callable | str, rule: FunctionRule | None = None, *, override: bool = False
+):
+    """Register how graph nodes calling ``target`` (a function, or a method name) are handled.
+
+    The rule receives the :class:`~bcosify.fx.passes.RewriteContext` and the node, and rewrites
+    the graph through the context. Consulted before bcosify's own handling, gates included
+    (``torch.sigmoid``, ``"sigmoid"``). ``override`` as in :func:`register_module_rule`.
+    """
 
     def _register(fn: FunctionRule) -> FunctionRule:
-        _FUNCTION_RULES[target] = fn
+        if not callable(fn):
+            raise BcosifyError(f"a function rule must be callable, got {fn!r}")
+        try:
+            hash(target)
+        except TypeError as e:
+            raise BcosifyError(f"a function rule target must be hashable, got {target!r}") from e
+        _set_rule("function", target, fn, override)
         return fn
 
     return _register if rule is None else _register(rule)
+
+
+def _unregister(kind: str, key: Any) -> Callable:
+    table = _MODULE_RULES if kind == "module" else _FUNCTION_RULES
+    users = _USER_MODULE_TYPES if kind == "module" else _USER_FUNCTION_TARGETS
+    if key not in users:
+        raise BcosifyError(
+            f"no {kind} rule of yours is registered for {_key_name(key)}; only rules registered "
+            f"with register_{kind}_rule can be unregistered"
+        )
+    users.discard(key)
+    fn = table.pop(key)
+    builtin = _SHADOWED.pop((kind, key), None)
+    if builtin is not None:
+        table[key] = builtin
+    return fn
+
+
+def unregister_module_rule(module_type: type) -> ModuleRule:
+    """Remove the rule you registered for ``module_type`` (a built-in rule it replaced comes
+    back); returns it.
+
+    Raises:
+        BcosifyError: if no rule of yours is registered for exactly this type.
+    """
+    return _unregister("module", module_type)
+
+
+def unregister_function_rule(target: Callable | str) -> FunctionRule:
+    """Remove the rule you registered for ``target``; returns it (see
+    :func:`unregister_module_rule`)."""
+    return _unregister("function", target)
+
+
+@contextmanager
+def scoped_rules(rules: Mapping[Any, Callable] | None = None) -> Iterator[None]:
+    """Rules that hold inside the ``with`` block only.
+
+    ``rules`` maps module types to module rules and functions or method names to function
+    rules; they replace existing rules for the same keys (``override=True``). On leaving the
+    block every rule table is as it was, including rules registered inside the block.
+
+    Example:
+        >>> with scoped_rules({nn.ELU: lambda module, config: KEEP}):
+        ...     get_module_rule(nn.ELU) is not None
+        True
+        >>> get_module_rule(nn.ELU) is None
+        True
+    """
+    load_library_rules()
+    saved_tables = {"module": dict(_MODULE_RULES), "function": dict(_FUNCTION_RULES)}
+    saved_users = {"module": set(_USER_MODULE_TYPES), "function": set(_USER_FUNCTION_TARGETS)}
+    saved_shadowed, saved_safe = dict(_SHADOWED), set(_SAFE_SUBCLASSES)
+    try:
+        for key, fn in (rules or {}).items():
+            if isinstance(key, type) and issubclass(key, nn.Module):
+                register_module_rule(key, fn, override=True)
+            else:
+                register_function_rule(key, fn, override=True)
+        yield
+    finally:
+        for kind, table, users in (
+            ("module", _MODULE_RULES, _USER_MODULE_TYPES),
+            ("function", _FUNCTION_RULES, _USER_FUNCTION_TARGETS),
+        ):
+            before = saved_tables[kind]
+            for key in list(table):
+                if key in before:
+                    table[key] = before[key]
+                elif key in users:  # registered inside the block
+                    builtin = _SHADOWED.get((kind, key))
+                    if builtin is not None and (kind, key) not in saved_shadowed:
+                        table[key] = builtin  # a library rule loaded inside the block
+                    else:
+                        del table[key]
+                # else: a library's built-in rule loaded inside the block stays
+            for key, fn in before.items():
+                table.setdefault(key, fn)
+            users.clear()
+            users.update(saved_users[kind])
+        for key in list(_SHADOWED):
+            if key not in saved_shadowed and key[1] not in saved_users[key[0]]:
+                del _SHADOWED[key]
+        _SHADOWED.update(saved_shadowed)
+        _SAFE_SUBCLASSES.clear()
+        _SAFE_SUBCLASSES.update(saved_safe)
+
+
+def declare_safe_subclass(*module_types: type) -> None:
+    """Declare that these subclasses compute the same function as their base class although
+    they override ``forward`` (a faster or more general implementation), so the base class's
+    rule converts them.
+
+    A subclass that overrides ``forward`` inherits no rule otherwise: its own computation may
+    differ (a weight-standardised convolution is not a convolution), and converting it with
+    the base's rule would be silently wrong. It is reported instead.
+
+    Example:
+        >>> class FastConv(nn.Conv2d):
+        ...     def forward(self, x):
+        ...         return super().forward(x)
+        >>> get_module_rule(FastConv) is None
+        True
+        >>> declare_safe_subclass(FastConv)
+        >>> get_module_rule(FastConv) is get_module_rule(nn.Conv2d)
+        True
+    """
+    for t in module_types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise BcosifyError(f"declare_safe_subclass needs nn.Module subclasses, got {t!r}")
+        _SAFE_SUBCLASSES.add(t)
+
+
+def is_user_rule(key: Any) -> bool:
+    """Whether the user registered a rule for this module type (or one of its bases that
+    applies to it) or function target."""
+    if isinstance(key, type):
+        rule, _ = resolve_module_rule(key)
+        return rule is not None and any(
+            _MODULE_RULES.get(c) is rule and c in _USER_MODULE_TYPES for c in key.__mro__
+        )
+    try:
+        return key in _USER_FUNCTION_TARGETS
+    except TypeError:
+        return False
 
 
 _LIBRARY_RULES = (
@@ -123,25 +316,64 @@ def load_library_rules() -> list[str]:
             continue
         _LOADED_LIBRARY_RULES.add(module)
         before_modules, before_functions = dict(_MODULE_RULES), dict(_FUNCTION_RULES)
+        was = _BUILTIN[0]
+        _BUILTIN[0] = True
         try:
             importlib.import_module(module)
         except BaseException:
             _LOADED_LIBRARY_RULES.discard(module)
             raise
-        _MODULE_RULES.update(before_modules)
-        _FUNCTION_RULES.update(before_functions)
+        finally:
+            _BUILTIN[0] = was
+        for kind, table, before in (
+            ("module", _MODULE_RULES, before_modules),
+            ("function", _FUNCTION_RULES, before_functions),
+        ):
+            for key, fn in before.items():
+                if table.get(key) is not fn:  # the user's rule stays; the built-in waits behind it
+                    _SHADOWED[(kind, key)] = table[key]
+                    table[key] = fn
         loaded.append(module)
     return loaded
 
 
-def get_module_rule(module_type: type) -> ModuleRule | None:
-    """The rule for ``module_type``: the one registered for the most specific class in its MRO."""
+def resolve_module_rule(module_type: type) -> tuple[ModuleRule | None, str | None]:
+    """The rule for ``module_type`` and, when it has none, why.
+
+    The rule is the one registered for the most specific class in its MRO, unless a class on
+    the way to it overrides ``forward`` without being declared safe
+    (:func:`declare_safe_subclass`): then there is none, and the reason says so.
+    """
     load_library_rules()
-    for cls in module_type.__mro__:
+    mro = module_type.__mro__
+    for i, cls in enumerate(mro):
         rule = _MODULE_RULES.get(cls)
         if rule is not None:
-            return rule
-    return None
+            return rule, None
+        if "forward" in cls.__dict__ and cls not in _SAFE_SUBCLASSES and cls is not nn.Module:
+            base = next((b for b in mro[i + 1 :] if b in _MODULE_RULES), None)
+            if base is None:
+                return None, None
+            return None, (
+                f"{cls.__qualname__} overrides forward() of {base.__qualname__}, so "
+                f"{base.__qualname__}'s rule may not compute what it computes; register a rule "
+                f"for {_key_name(module_type)} with bcosify.register_module_rule, or, if its forward "
+                "computes the same function, bcosify.declare_safe_subclass("
+                f"{module_type.__qualname__})"
+            )
+    return None, None
+
+
+def get_module_rule(module_type: type) -> ModuleRule | None:
+    """The rule for ``module_type`` (see :func:`resolve_module_rule`), or None."""
+    return resolve_module_rule(module_type)[0]
+
+
+def is_rule_leaf(module_type: type) -> bool:
+    """Whether the tracer keeps modules of this type whole: some class in its MRO has a rule
+    (when a subclass's override blocks it, the module is reported, not traced into)."""
+    load_library_rules()
+    return any(c in _MODULE_RULES for c in module_type.__mro__)
 
 
 def get_function_rule(target: Callable | str) -> FunctionRule | None:
@@ -726,10 +958,12 @@ def is_glu_gate(node: torch.fx.Node, module: nn.Module | None) -> bool:
 
 
 def is_gate_target(node: torch.fx.Node, module: nn.Module | None) -> bool:
+    """Whether the node is a gate bcosify handles itself (not when the user registered a rule
+    for it)."""
     if node.op == "call_module":
-        return isinstance(module, GATE_MODULES)
+        return isinstance(module, GATE_MODULES) and not is_user_rule(type(module))
     try:
-        return node.target in GATE_FUNCTIONS
+        return node.target in GATE_FUNCTIONS and node.target not in _USER_FUNCTION_TARGETS
     except TypeError:
         return False
 
@@ -875,3 +1109,5 @@ def _rule_rms_norm(ctx: RewriteContext, node: torch.fx.Node) -> None:
 
 
 NEUTRAL_FUNCTIONS.update({"unfold", F.unfold, F.fold, F.upsample, F.upsample_bilinear})
+
+_BUILTIN[0] = False  # from here on, registrations are the user's

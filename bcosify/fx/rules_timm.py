@@ -17,6 +17,32 @@ from bcosify.fx.rules_libs import _convert_submodule, _layernorm2d
 
 register_module_rule(tl.LayerNorm2d, _layernorm2d)
 register_module_rule(tl.DropPath, rules._keep)
+# timm subclasses whose forward() is their base's function (a fast path, fp32 compute, the
+# first group): the base's rule holds
+rules.declare_safe_subclass(
+    *[
+        getattr(tl, n)
+        for n in ("Linear", "GroupNorm", "GroupNorm1", "LayerNorm", "LayerNormFp32")
+        if hasattr(tl, n)
+    ]
+)
+try:
+    from timm.layers.split_batchnorm import SplitBatchNorm2d  # eval: its main BatchNorm
+
+    rules.declare_safe_subclass(SplitBatchNorm2d)
+except ImportError:  # pragma: no cover - older timm
+    pass
+# LayerNorm over the channels of NCHW maps (permute, layer_norm, permute back): LayerNorm2d
+for _n in ("LayerNorm2dFp32", "LayerNormExp2d"):
+    if hasattr(tl, _n) or hasattr(tl.norm, _n):
+        register_module_rule(getattr(tl.norm, _n), _layernorm2d)
+# 'same' zero padding, then an average: linear, exact as it is
+try:
+    from timm.layers.pool2d_same import AvgPool2dSame as _AvgPool2dSame
+
+    register_module_rule(_AvgPool2dSame, rules._keep)
+except ImportError:  # pragma: no cover - older timm
+    pass
 
 
 @register_module_rule(tl.BatchNormAct2d)
@@ -64,6 +90,7 @@ _NORM_ACT = [
     ("LayerNormAct2d", bnn.DetachableLayerNormAct2d, _layernorm2d),
     ("LayerNormAct2dFp32", bnn.DetachableLayerNormAct2d, _layernorm2d),
     ("GroupNormAct", bnn.DetachableGroupNormAct, _plain_groupnorm),
+    ("GroupNorm1Act", bnn.DetachableGroupNormAct, _plain_groupnorm),
     ("RmsNormAct", bnn.DetachableRmsNormAct, _rule_of(getattr(tl, "RmsNorm", None))),
     ("RmsNormActFp32", bnn.DetachableRmsNormAct, _rule_of(getattr(tl, "RmsNorm", None))),
     ("RmsNormAct2d", bnn.DetachableRmsNormAct, _rule_of(getattr(tl, "RmsNorm2d", None))),

@@ -16,6 +16,8 @@ from bcosify.fx.rules import register_module_rule
 from bcosify.fx.rules_libs import _bcos, _layernorm2d, _plain, _retype
 
 register_module_rule(_TvLayerNorm2d, _layernorm2d)
+# the window-attention rule builds the v2 module for ShiftedWindowAttentionV2 itself
+rules.declare_safe_subclass(_tv_swin.ShiftedWindowAttentionV2)
 register_module_rule(StochasticDepth, rules._keep)
 # zero padding to an even size, four strided slices, a concatenation: linear
 rules.NEUTRAL_FUNCTIONS.add(_tv_swin._patch_merging_pad)

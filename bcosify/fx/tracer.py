@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bcosify.errors import TraceError
-from bcosify.fx.rules import get_module_rule
+from bcosify.fx.rules import is_rule_leaf
 
 __all__ = ["BcosTracer", "trace"]
 
@@ -37,7 +37,7 @@ class BcosTracer(torch.fx.Tracer):
         name = module_qualified_name
         if any(name == p or name.startswith(p + ".") for p in self.leaf_names):
             return True
-        if get_module_rule(type(m)) is not None or type(m) in self.notrace_modules:
+        if is_rule_leaf(type(m)) or type(m) in self.notrace_modules:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

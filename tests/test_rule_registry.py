@@ -1,0 +1,159 @@
+"""The rule registry: no silent overwrite, unregistering, scoped and per-call rules, validated
+rule results, user rules for gates, and subclasses that override forward()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bcosify
+from bcosify import BcosConfig, BcosifyError, UnsupportedLayerError
+from bcosify import nn as bnn
+from bcosify.fx import rules
+from tests.helpers import MEAN, STD
+
+EXACT = BcosConfig(b=1.0, keep_bias=True, activation="exact", maxpool="keep")
+
+
+class Net(nn.Module):
+    def __init__(self, conv: nn.Module, act: nn.Module | None = None):
+        super().__init__()
+        self.conv = conv
+        self.act = act or nn.Identity()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+class WSConv(nn.Conv2d):
+    """Weight-standardised convolution: not the function of nn.Conv2d."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_a_subclass_that_overrides_forward_is_reported_not_converted_as_its_base():
+    torch.manual_seed(0)
+    model = Net(WSConv(3, 4, 3, padding=1)).eval()
+    with pytest.raises(
+        UnsupportedLayerError, match="WSConv overrides forward\\(\\) of Conv2d"
+    ) as e:
+        bcosify.convert(model, EXACT, mean=MEAN, std=STD)
+    assert "declare_safe_subclass" in str(e.value)
+    report = bcosify.analyze(model, EXACT, mean=MEAN, std=STD)
+    assert [u[0] for u in report.unsupported] == ["conv"]
+
+
+def test_a_subclass_declared_safe_uses_its_base_rule_and_stays_exact():
+    class FastConv(nn.Conv2d):
+        def forward(self, x):
+            return self._conv_forward(x, self.weight, self.bias)
+
+    torch.manual_seed(0)
+    model = Net(FastConv(3, 4, 3, padding=1)).eval()
+    with rules.scoped_rules():
+        bcosify.declare_safe_subclass(FastConv)
+        conv = bcosify.convert(model, EXACT, mean=MEAN, std=STD)
+        x = torch.rand(2, 3, 8, 8)
+        ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+        torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-5)
+    assert rules.get_module_rule(FastConv) is None  # the declaration was scoped
+
+
+def test_registering_twice_raises_and_override_and_unregister_restore():
+    class Mine(nn.Module):
+        def forward(self, x):
+            return x
+
+    first, second = (lambda m, c: rules.KEEP), (lambda m, c: rules.REMOVE)
+    bcosify.register_module_rule(Mine, first)
+    try:
+        with pytest.raises(BcosifyError, match="already exists .*override=True"):
+            bcosify.register_module_rule(Mine, second)
+        bcosify.register_module_rule(Mine, second, override=True)
+        assert rules.get_module_rule(Mine) is second
+    finally:
+        assert bcosify.unregister_module_rule(Mine) is second
+    assert rules.get_module_rule(Mine) is None
+    with pytest.raises(BcosifyError, match="no module rule of yours"):
+        bcosify.unregister_module_rule(Mine)
+    # overriding a built-in rule needs override=True; unregistering brings the built-in back
+    builtin = rules.get_module_rule(nn.ELU) or rules.get_module_rule(nn.BatchNorm2d)
+    with pytest.raises(BcosifyError, match="bcosify has"):
+        bcosify.register_module_rule(nn.BatchNorm2d, first)
+    bcosify.register_module_rule(nn.BatchNorm2d, first, override=True)
+    assert rules.get_module_rule(nn.BatchNorm2d) is first
+    bcosify.unregister_module_rule(nn.BatchNorm2d)
+    assert rules.get_module_rule(nn.BatchNorm2d) is builtin
+    with pytest.raises(BcosifyError, match="function rule .*already exists"):
+        bcosify.register_function_rule(torch.cat, lambda ctx, node: None)
+
+
+def test_scoped_and_per_call_rules_leave_nothing_behind():
+    model = Net(nn.Conv2d(3, 4, 3), nn.ELU()).eval()  # nn.ELU has no rule
+    with pytest.raises(UnsupportedLayerError, match="ELU"):
+        bcosify.convert(model, mean=MEAN, std=STD)
+    keep = lambda module, config: rules.KEEP  # noqa: E731
+    conv = bcosify.convert(model, mean=MEAN, std=STD, rules={nn.ELU: keep})
+    assert type(conv.act) is nn.ELU
+    assert rules.get_module_rule(nn.ELU) is None
+    with rules.scoped_rules({nn.ELU: keep}):
+        bcosify.register_module_rule(nn.CELU, keep)  # registered inside: gone afterwards too
+        assert bcosify.analyze(model, mean=MEAN, std=STD).ok
+    assert rules.get_module_rule(nn.ELU) is None and rules.get_module_rule(nn.CELU) is None
+    with pytest.raises(RuntimeError), rules.scoped_rules({nn.ELU: keep}):
+        raise RuntimeError("the block fails")
+    assert rules.get_module_rule(nn.ELU) is None
+
+
+@pytest.mark.parametrize("bad", [3, "KEEP", nn.Linear])
+def test_a_rule_result_that_is_not_a_module_keep_remove_or_none_is_an_error(bad):
+    model = Net(nn.Conv2d(3, 4, 3), nn.ELU()).eval()
+    with pytest.raises(BcosifyError, match="returned .*a module rule returns a replacement"):
+        bcosify.convert(model, mean=MEAN, std=STD, rules={nn.ELU: lambda m, c: bad})
+
+
+def test_a_rule_that_changes_the_module_in_place_is_reported():
+    def tweak(module, config):
+        module.alpha = 0.5
+        return module
+
+    model = Net(nn.Conv2d(3, 4, 3), nn.ELU()).eval()
+    conv = bcosify.convert(model, mean=MEAN, std=STD, rules={nn.ELU: tweak})
+    entries = [e for e in conv.conversion_report.entries if e.name == "act"]
+    assert entries and entries[0].action == "kept" and "in place" in entries[0].detail
+
+
+def test_user_rules_for_gates_are_consulted():
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.sig = nn.Sigmoid()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(torch.sigmoid(self.sig(self.conv(x))).mean((2, 3)))
+
+    model = Gated().eval()
+    with pytest.raises(UnsupportedLayerError, match="saturating"):  # standalone gates
+        bcosify.convert(model, mean=MEAN, std=STD)
+    seen = []
+
+    def module_rule(module, config):
+        seen.append("module")
+        return bnn.GatedActivation("tanh")
+
+    def function_rule(ctx, node):
+        seen.append("function")
+        ctx.replace_with_module(node, nn.Identity(), "sigmoid")
+
+    conv = bcosify.convert(
+        model, mean=MEAN, std=STD, rules={nn.Sigmoid: module_rule, torch.sigmoid: function_rule}
+    )
+    assert seen == ["module", "function"]
+    assert isinstance(conv.sig, bnn.GatedActivation)
