@@ -157,3 +157,27 @@ def test_user_rules_for_gates_are_consulted():
     )
     assert seen == ["module", "function"]
     assert isinstance(conv.sig, bnn.GatedActivation)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tl: tl.norm.LayerNorm2dFp32(4),
+        lambda tl: tl.norm.LayerNormExp2d(4),
+        lambda tl: tl.GroupNorm1Act(4, act_layer=nn.ReLU),
+        lambda tl: tl.pool2d_same.AvgPool2dSame(3, 2),
+    ],
+    ids=["LayerNorm2dFp32", "LayerNormExp2d", "GroupNorm1Act", "AvgPool2dSame"],
+)
+def test_timm_layers_that_override_forward_convert_exactly(make):
+    tl = pytest.importorskip("timm.layers")
+    torch.manual_seed(0)
+    layer = make(tl)
+    for p in layer.parameters():  # not the identity affine
+        nn.init.uniform_(p, 0.5, 1.5)
+    model = Net(nn.Conv2d(3, 4, 3, padding=1), layer).eval()
+    conv = bcosify.convert(model, EXACT, mean=MEAN, std=STD)
+    x = torch.rand(2, 3, 9, 9)
+    ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    assert ref.std(0).max() > 1e-3  # the output depends on the input
+    torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-5)
