@@ -181,3 +181,50 @@ def test_timm_layers_that_override_forward_convert_exactly(make):
     ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
     assert ref.std(0).max() > 1e-3  # the output depends on the input
     torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def _docs_example() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "rules.md").read_text()
+    blocks = text.split("```python\n")[1:]
+    code = [b.split("```")[0] for b in blocks if "def convert_conv_mlp" in b]
+    assert len(code) == 1
+    return code[0]
+
+
+def test_the_worked_example_of_docs_rules_md_converts_timm_conv_mlp_exactly():
+    vgg = pytest.importorskip("timm.models.vgg")
+    from tests.helpers import calibrate
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.pre_logits = vgg.ConvMlp(4, 6, kernel_size=3, drop_rate=0.0)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(self.pre_logits(self.bn(self.stem(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Head().eval()
+    x = torch.rand(4, 3, 6, 6)
+    norm = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with pytest.raises(UnsupportedLayerError, match="ConvMlp"):
+        bcosify.convert(model, mean=MEAN, std=STD)
+    with rules.scoped_rules():
+        exec(_docs_example(), {})
+        exact = bcosify.convert(model, EXACT, mean=MEAN, std=STD)
+        default = bcosify.convert(model, mean=MEAN, std=STD)
+    ref = model(norm)
+    assert ref.std(0).max() > 1e-2  # the output depends on the input
+    torch.testing.assert_close(exact(x), ref, rtol=1e-4, atol=1e-5)
+    assert isinstance(default.pre_logits.fc1, bnn.BcosConv2d)
+    calibrate(default, x)  # random B=2 units shrink the signal: unit RMS per layer
+    e = bcosify.explain(default, x)
+    pixels = e.contributions.flatten(1).sum(1)
+    assert (pixels.abs() > 1e-3 * e.explained_logit.abs()).all()  # not a bias-only logit
+    err = (pixels + e.constant_total - e.explained_logit).abs() / pixels.abs()
+    assert err.max() < 1e-4
