@@ -228,3 +228,62 @@ def test_the_worked_example_of_docs_rules_md_converts_timm_conv_mlp_exactly():
     assert (pixels.abs() > 1e-3 * e.explained_logit.abs()).all()  # not a bias-only logit
     err = (pixels + e.constant_total - e.explained_logit).abs() / pixels.abs()
     assert err.max() < 1e-4
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+F = nn.functional
+SPELLINGS = {
+    "unfold": (nn.Unfold(2, stride=2), _Fn(lambda x: F.unfold(x, 2, stride=2))),
+    "reflect": (nn.ReflectionPad2d(1), _Fn(lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"))),
+    "replicate": (
+        nn.ReplicationPad2d(1),
+        _Fn(lambda x: F.pad(x, (1, 1, 1, 1), mode="replicate")),
+    ),
+    "hardtanh": (nn.Hardtanh(0.0, 6.0), _Fn(lambda x: F.hardtanh(x, 0.0, 6.0))),
+    "sigmoid_": (_Fn(lambda x: x * x.clone().sigmoid_()), _Fn(lambda x: x * x.sigmoid())),
+}
+
+
+class _Flat(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.op = op
+        self.fc = nn.Linear(4 * 100, 3)
+
+    def forward(self, x):
+        y = self.op(self.conv(x)).flatten(1)
+        return self.fc(nn.functional.pad(y, (0, 400 - y.shape[1])))
+
+
+@pytest.mark.parametrize("name", list(SPELLINGS))
+@pytest.mark.parametrize("activation", ["exact", "keep"])
+def test_module_method_and_function_spellings_convert_alike(name, activation):
+    spelled, reference = SPELLINGS[name]
+    torch.manual_seed(0)
+    a = _Flat(spelled).eval()
+    b = _Flat(reference).eval()
+    b.load_state_dict(a.state_dict())
+    cfg = BcosConfig(b=1.0 if activation == "exact" else 2.0, keep_bias=True, activation=activation)
+    ca = bcosify.convert(a, cfg, mean=MEAN, std=STD)
+    cb = bcosify.convert(b, cfg, mean=MEAN, std=STD)
+    x = torch.rand(3, 3, 8, 8)
+    assert a(x).std(0).max() > 1e-3
+    torch.testing.assert_close(ca(x), cb(x), rtol=1e-5, atol=1e-6)
+    e = bcosify.explain(ca, x)
+    pixels = e.contributions.flatten(1).sum(1)
+    err = (pixels + e.constant_total - e.explained_logit).abs() / pixels.abs()
+    assert err.max() < 1e-4
+
+
+def test_hardtanh_that_is_not_a_capped_relu_is_reported():
+    with pytest.raises(UnsupportedLayerError, match="not a capped ReLU"):
+        bcosify.convert(_Flat(nn.Hardtanh()).eval(), mean=MEAN, std=STD)

@@ -356,9 +356,9 @@ def resolve_module_rule(module_type: type) -> tuple[ModuleRule | None, str | Non
                 return None, None
             return None, (
                 f"{cls.__qualname__} overrides forward() of {base.__qualname__}, so "
-                f"{base.__qualname__}'s rule may not compute what it computes; register a rule "
-                f"for {_key_name(module_type)} with bcosify.register_module_rule, or, if its forward "
-                "computes the same function, bcosify.declare_safe_subclass("
+                f"{base.__qualname__}'s rule may not compute what it computes; register a "
+                f"rule for {_key_name(module_type)} with bcosify.register_module_rule, or, if its "
+                "forward computes the same function, bcosify.declare_safe_subclass("
                 f"{module_type.__qualname__})"
             )
     return None, None
@@ -434,8 +434,8 @@ def _groupnorm(module: nn.GroupNorm, config: BcosConfig):
 def _relu(module: nn.Module, config: BcosConfig):
     if config.activation == "remove":
         return REMOVE
-    if config.activation == "keep" and isinstance(module, nn.ReLU6):
-        return nn.ReLU()  # the cap at 6 is a constant no explanation accounts for
+    if config.activation == "keep" and isinstance(module, nn.Hardtanh):
+        return nn.ReLU()  # the cap (ReLU6) is a constant no explanation accounts for
     if getattr(module, "inplace", False):
         module.inplace = False
     return KEEP
@@ -443,6 +443,36 @@ def _relu(module: nn.Module, config: BcosConfig):
 
 for _t in (nn.ReLU, nn.ReLU6):
     register_module_rule(_t, _relu)
+
+
+@register_module_rule(nn.Hardtanh)
+def _hardtanh(module: nn.Hardtanh, config: BcosConfig):
+    """``nn.Hardtanh(0, c)`` is a capped ReLU, as ``F.hardtanh(x, 0, c)`` and ReLU6 are."""
+    if module.min_val == 0.0:
+        return _relu(module, config)
+    return None
+
+
+_hardtanh.declined = "a clipping non-linearity that is not a capped ReLU (min_val 0)"
+
+# Unfold/fold and the padding modules only copy input values: linear, exact as they are (the
+# functional spellings F.unfold, F.fold and F.pad are neutral functions)
+for _t in (
+    nn.Unfold,
+    nn.Fold,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReflectionPad3d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
+    *[
+        getattr(nn, n)
+        for n in ("CircularPad1d", "CircularPad2d", "CircularPad3d")
+        if hasattr(nn, n)
+    ],
+):
+    register_module_rule(_t, _keep)
 
 
 def _gated(kind: str) -> ModuleRule:
@@ -521,6 +551,11 @@ GATE_FUNCTIONS = {
     "sigmoid",
     "tanh",
     "softmax",
+    # in-place spellings: the same gates
+    torch.sigmoid_,
+    torch.tanh_,
+    "sigmoid_",
+    "tanh_",
 }
 
 NEUTRAL_FUNCTIONS = {
