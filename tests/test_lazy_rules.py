@@ -81,3 +81,53 @@ def test_every_library_rule_module_is_registered(library):
     from bcosify.fx import rules
 
     assert (library, f"bcosify.fx.rules_{library}") in rules._LIBRARY_RULES
+
+
+def _fx_imports() -> dict[str, set[str]]:
+    """bcosify.fx module -> the bcosify.fx modules it imports anywhere (also inside functions),
+    except under ``if TYPE_CHECKING``."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "bcosify" / "fx"
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        name = "bcosify.fx" if path.stem == "__init__" else f"bcosify.fx.{path.stem}"
+        tree = ast.parse(path.read_text())
+        skip = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        deps = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            deps |= {m for m in mods if m.startswith("bcosify.fx.") or m == "bcosify.fx"}
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_the_fx_modules_have_no_import_cycles():
+    graph = _fx_imports()
+    modules = [m for m in graph if m != "bcosify.fx"]  # the package imports its parts
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for dep in graph.get(start, ()):
+            if dep == goal:
+                return True
+            if dep in graph and dep not in seen and dep != "bcosify.fx":
+                seen.add(dep)
+                if reaches(dep, goal, seen):
+                    return True
+        return False
+
+    cycles = [m for m in modules if reaches(m, m, set())]
+    assert cycles == [], f"import cycles through {cycles}"

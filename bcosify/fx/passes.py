@@ -14,6 +14,7 @@ from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError
 from bcosify.fx import nodemap, rules
+from bcosify.fx.graph import matmul_operands
 from bcosify.report import ConversionReport
 
 __all__ = ["RewriteContext", "convert_nodes", "move_head_before_pool", "encode_input", "add_logit"]
@@ -127,16 +128,6 @@ _CHAIN_FUNCTIONS = {F.dropout, "to", "type_as", "float", "contiguous", "permute"
 
 def _module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
-
-
-def matmul_operands(node: fx.Node) -> list[Any]:
-    """The two tensor operands of a matmul-like node (``einsum`` takes them after the equation)."""
-    if node.target is torch.einsum:
-        ops = node.args[1:]
-        if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
-            ops = ops[0]
-        return list(ops)
-    return list(node.args[:2])
 
 
 def _is_softmax_output(ctx: RewriteContext, node: Any) -> bool:

@@ -29,6 +29,7 @@ from torch import nn
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError
+from bcosify.fx.graph import matmul_operands
 
 if TYPE_CHECKING:
     from bcosify.fx.passes import RewriteContext
@@ -862,8 +863,6 @@ def _rule_cat(ctx: RewriteContext, node: torch.fx.Node) -> None:
 def _rule_matmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """``attn @ v``: the attention matrix (a softmax) is detached in explanation mode; a product
     with a constant matrix is linear."""
-    from bcosify.fx.passes import matmul_operands
-
     ops = matmul_operands(node)
     if len(ops) != 2 or any(_is_const(ctx, o) for o in ops):
         return
