@@ -8,24 +8,93 @@ Example:
     True
 """
 
-from bcosify.config import BcosConfig
-from bcosify.convert import analyze, convert, is_converted
-from bcosify.errors import BcosifyError, ModelSourceError, TraceError, UnsupportedLayerError
-from bcosify.explain import Explanation, explain, explanation_mode
-from bcosify.fx import (
-    KEEP,
-    REMOVE,
-    declare_safe_subclass,
-    register_function_rule,
-    register_module_rule,
-    scoped_rules,
-    unregister_function_rule,
-    unregister_module_rule,
-)
-from bcosify.fx.nodemap import NodeMap, node_map
-from bcosify.io import load, save
-from bcosify.report import ConversionReport
-from bcosify.sources import build_model
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
+# The public names load on first use, so that `import bcosify` and `bcosify --help` do not pay
+# for torch, torchvision or timm (PEP 562).
+_EXPORTS = {
+    "BcosConfig": "bcosify.config",
+    "analyze": "bcosify.convert",
+    "convert": "bcosify.convert",
+    "is_converted": "bcosify.convert",
+    "BcosifyError": "bcosify.errors",
+    "ModelSourceError": "bcosify.errors",
+    "TraceError": "bcosify.errors",
+    "UnsupportedLayerError": "bcosify.errors",
+    "Explanation": "bcosify.explain",
+    "explain": "bcosify.explain",
+    "explanation_mode": "bcosify.explain",
+    "KEEP": "bcosify.fx.rules",
+    "REMOVE": "bcosify.fx.rules",
+    "declare_safe_subclass": "bcosify.fx.rules",
+    "register_function_rule": "bcosify.fx.rules",
+    "register_module_rule": "bcosify.fx.rules",
+    "scoped_rules": "bcosify.fx.rules",
+    "unregister_function_rule": "bcosify.fx.rules",
+    "unregister_module_rule": "bcosify.fx.rules",
+    "NodeMap": "bcosify.fx.nodemap",
+    "node_map": "bcosify.fx.nodemap",
+    "load": "bcosify.io",
+    "save": "bcosify.io",
+    "ConversionReport": "bcosify.report",
+    "build_model": "bcosify.sources",
+}
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from bcosify.config import BcosConfig
+    from bcosify.convert import analyze, convert, is_converted
+    from bcosify.errors import BcosifyError, ModelSourceError, TraceError, UnsupportedLayerError
+    from bcosify.explain import Explanation, explain, explanation_mode
+    from bcosify.fx.nodemap import NodeMap, node_map
+    from bcosify.fx.rules import (
+        KEEP,
+        REMOVE,
+        declare_safe_subclass,
+        register_function_rule,
+        register_module_rule,
+        scoped_rules,
+        unregister_function_rule,
+        unregister_module_rule,
+    )
+    from bcosify.io import load, save
+    from bcosify.report import ConversionReport
+    from bcosify.sources import build_model
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:  # a subpackage not imported yet: bcosify.nn, bcosify.train, ...
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise  # the subpackage exists but needs something missing: say what
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """``bcosify.convert`` and ``bcosify.explain`` are the functions, although submodules of the
+    same names exist: importing a submodule binds it on its package, which must not hide the
+    function (as ``from bcosify.convert import convert`` in an eager ``__init__`` used to)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and name in _EXPORTS:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __version__ = "0.1.0"
 

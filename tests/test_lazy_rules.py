@@ -34,6 +34,34 @@ def test_import_bcosify_loads_neither_timm_nor_torchvision():
     assert out.strip() == "[]"
 
 
+def test_the_cli_help_needs_no_torch():
+    out = _python(
+        """
+        import contextlib, io, runpy, sys
+        for argv in (["bcosify", "--help"], ["bcosify", "evaluate", "--help"]):
+            sys.argv = argv
+            with contextlib.redirect_stdout(io.StringIO()) as text:
+                try:
+                    runpy.run_module("bcosify", run_name="__main__")
+                except SystemExit:
+                    pass
+            assert "usage: bcosify" in text.getvalue(), text.getvalue()[:200]
+        print("torch" in sys.modules)
+        """
+    )
+    assert out.strip() == "False"
+
+
+def test_public_names_resolve_lazily_and_completely():
+    import bcosify
+
+    for name in bcosify.__all__:
+        assert getattr(bcosify, name) is not None, name
+    assert "convert" in dir(bcosify)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        bcosify.nope  # noqa: B018
+
+
 def test_timm_rules_load_at_conversion_when_timm_is_imported_later():
     # BatchNormAct2d subclasses nn.BatchNorm2d and overrides forward (norm + activation): without
     # its own rule the MRO lookup would convert it as a plain BatchNorm and drop its activation

@@ -9,26 +9,67 @@ Example:
     4
 """
 
-from bcosify.evaluate.accuracy import AccuracyResult, evaluate_accuracy
-from bcosify.evaluate.baselines import (
-    Explainer,
-    bcos_explainer,
-    find_gradcam_layer,
-    grad_cam,
-    input_x_gradient,
-    integrated_gradients,
-    oracle_reference,
-    uniform_reference,
-)
-from bcosify.evaluate.data import class_index_map, image_folder, model_categories
-from bcosify.evaluate.gridpg import (
-    Grid,
-    GridPGResult,
-    ImagePool,
-    build_pool,
-    grid_pointing_game,
-    make_grids,
-)
+import importlib
+from typing import TYPE_CHECKING
+
+# names load on first use (PEP 562): `bcosify evaluate --help` needs no torch
+_EXPORTS = {
+    "AccuracyResult": "bcosify.evaluate.accuracy",
+    "evaluate_accuracy": "bcosify.evaluate.accuracy",
+    "Explainer": "bcosify.evaluate.baselines",
+    "bcos_explainer": "bcosify.evaluate.baselines",
+    "find_gradcam_layer": "bcosify.evaluate.baselines",
+    "grad_cam": "bcosify.evaluate.baselines",
+    "input_x_gradient": "bcosify.evaluate.baselines",
+    "integrated_gradients": "bcosify.evaluate.baselines",
+    "oracle_reference": "bcosify.evaluate.baselines",
+    "uniform_reference": "bcosify.evaluate.baselines",
+    "class_index_map": "bcosify.evaluate.data",
+    "image_folder": "bcosify.evaluate.data",
+    "model_categories": "bcosify.evaluate.data",
+    "Grid": "bcosify.evaluate.gridpg",
+    "GridPGResult": "bcosify.evaluate.gridpg",
+    "ImagePool": "bcosify.evaluate.gridpg",
+    "build_pool": "bcosify.evaluate.gridpg",
+    "grid_pointing_game": "bcosify.evaluate.gridpg",
+    "make_grids": "bcosify.evaluate.gridpg",
+}
+
+if TYPE_CHECKING:
+    from bcosify.evaluate.accuracy import AccuracyResult, evaluate_accuracy
+    from bcosify.evaluate.baselines import (
+        Explainer,
+        bcos_explainer,
+        find_gradcam_layer,
+        grad_cam,
+        input_x_gradient,
+        integrated_gradients,
+        oracle_reference,
+        uniform_reference,
+    )
+    from bcosify.evaluate.data import class_index_map, image_folder, model_categories
+    from bcosify.evaluate.gridpg import (
+        Grid,
+        GridPGResult,
+        ImagePool,
+        build_pool,
+        grid_pointing_game,
+        make_grids,
+    )
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "AccuracyResult",
