@@ -395,3 +395,40 @@ def test_first_layer_norm_on_the_normalised_input():
     torch.testing.assert_close((g * x6).sum(), y.detach(), rtol=1e-4, atol=1e-5)
     with pytest.raises(bcosify.BcosifyError, match="first_layer_norm"):
         BcosConfig(first_layer_norm="published")
+
+
+_POOL_THEN_FLATTEN = {
+    "AdaptiveAvgPool2d(1) + flatten": lambda m, x: torch.flatten(m.pool1(x), 1),
+    "AdaptiveAvgPool2d((1, 1)) + nn.Flatten": lambda m, x: m.flat(m.pool11(x)),
+    "adaptive_avg_pool2d + view(N, -1)": lambda m, x: nn.functional.adaptive_avg_pool2d(x, 1).view(
+        x.size(0), -1
+    ),
+    "AdaptiveAvgPool2d((1, 1)) + squeeze": lambda m, x: m.pool11(x).squeeze(-1).squeeze(-1),
+    "AdaptiveAvgPool2d(1) + reshape(N, -1)": lambda m, x: m.pool1(x).reshape(x.shape[0], -1),
+    "mean over H, W": lambda m, x: x.mean((2, 3)),
+}
+
+
+@pytest.mark.parametrize("idiom", list(_POOL_THEN_FLATTEN))
+def test_the_head_moves_before_every_pooling_idiom(idiom):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.pool1 = nn.AdaptiveAvgPool2d(1)
+            self.pool11 = nn.AdaptiveAvgPool2d((1, 1))
+            self.flat = nn.Flatten()
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(_POOL_THEN_FLATTEN[idiom](self, self.conv(x)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    exact = BcosConfig(b=1.0, keep_bias=True, activation="exact", maxpool="keep")
+    conv = bcosify.convert(model, exact, mean=MEAN, std=STD)
+    counts = conv.conversion_report.counts()
+    assert counts[("moved", "Linear -> 1x1 BcosConv2d before global pooling")] == 1, counts
+    x = torch.rand(2, 3, 10, 10)
+    ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-5)
