@@ -699,3 +699,91 @@ def test_align_resume_after_sigkill_and_two_processes(tmp_path, folder):
     rows = _csv_rows(out)
     assert [r["step"] for r in rows if r.get("train/feature")] == ["1", "2", "3", "4"]
     assert float(rows[-2]["train/feature"]) < float(rows[0]["train/feature"])
+
+
+# ---------------------------------------------------------------------------- the maths of a step
+def _hand_adamw_run(model, x, y, steps, lr, wd, betas=(0.9, 0.999), eps=1e-8, agc=None):
+    """``steps`` AdamW steps on BCE-with-off-targets, written out by hand (and AGC as in
+    Brock et al. 2021: unit-wise gradient norms clipped to ``agc`` x the unit-wise weight norm,
+    weight norms floored at 1e-3)."""
+    from bcosify.train.losses import BCEWithOffTargets
+
+    loss_fn = BCEWithOffTargets(model.bcosify_num_classes)
+    params = [p for p in model.parameters() if p.requires_grad]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+
+    def unitwise(t):
+        return t.norm() if t.ndim <= 1 else t.flatten(1).norm(dim=1).view(-1, *[1] * (t.ndim - 1))
+
+    model.train()
+    for t in range(1, steps + 1):
+        grads = torch.autograd.grad(loss_fn(model(x), y), params)
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(params, grads)):
+                if agc is not None:
+                    limit = unitwise(p).clamp(min=1e-3) * agc
+                    norm = unitwise(g)
+                    g = torch.where(norm < limit, g, g * (limit / norm.clamp(min=1e-6)))
+                m[i] = betas[0] * m[i] + (1 - betas[0]) * g
+                v[i] = betas[1] * v[i] + (1 - betas[1]) * g * g
+                p.mul_(1 - lr * wd)
+                m_hat = m[i] / (1 - betas[0] ** t)
+                v_hat = v[i] / (1 - betas[1] ** t)
+                p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+    return model
+
+
+@pytest.mark.parametrize("agc", [None, 0.01])
+def test_three_steps_equal_hand_written_adamw(tmp_path, agc):
+    import copy
+
+    from torchvision.transforms.functional import to_tensor
+
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    ).eval()
+    model = bcosify.convert(source, mean=(0.5,) * 3, std=(0.5,) * 3)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    images = [Image.fromarray((torch.rand(16, 16, 3) * 255).byte().numpy()) for _ in range(8)]
+    data = [(im, i % 3) for i, im in enumerate(images)]
+    expected = _hand_adamw_run(
+        copy.deepcopy(model),
+        torch.stack([to_tensor(im) for im in images]),
+        torch.tensor([i % 3 for i in range(8)]),
+        steps=3,
+        lr=1e-2,
+        wd=0.05,
+        agc=agc,
+    )
+    result = finetune(
+        {
+            "data": {
+                "image_size": 16,
+                "eval_resize": 16,
+                "batch_size": 8,  # one batch per epoch: the order of the images plays no role
+                "num_workers": 0,
+                "augment": {"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "hflip": 0.0},
+            },
+            "optim": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.05, "schedule": "constant"},
+            "train": {"epochs": 3, "loss": "bce", "cpu": True, "agc": agc},
+            "output": str(tmp_path / "r"),
+            "log": {"trackers": ["csv"], "explain_images": 0},
+        },
+        model=model,
+        train_dataset=data,
+    )
+    assert result.global_step == 3
+    for (name, p), q in zip(result.model.named_parameters(), expected.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+    # it trained, by more than the tolerance
+    assert (
+        max(float((p.detach() - start[n]).abs().max()) for n, p in expected.named_parameters())
+        > 1e-3
+    )
