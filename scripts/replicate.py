@@ -1374,7 +1374,7 @@ def plot_accuracy(results: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
     sources = results["sources"]
-    fig = Figure(figsize=(6.0 * len(sources), 4.2))
+    fig = Figure(figsize=(6.0 * len(sources), 5.6))
     axes = fig.subplots(1, len(sources), squeeze=False)[0]
     colours = iter(
         [
@@ -1412,7 +1412,7 @@ def plot_accuracy(results: dict, path: Path) -> None:
         ax.set_ylim(max(0.0, low), 100)
         ax.set_title(f"{name}: {src['train_size']} training images")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="lower right")
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
