@@ -8,10 +8,11 @@ Example:
     True
 """
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
+
+from bcosify._lazy import lazy_exports
 
 # The public names load on first use, so that `import bcosify` and `bcosify --help` do not pay
 # for torch, torchvision or timm (PEP 562).
@@ -64,22 +65,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from bcosify.sources import build_model
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        try:  # a subpackage not imported yet: bcosify.nn, bcosify.train, ...
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise  # the subpackage exists but needs something missing: say what
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, subpackages=True)
 
 
 class _Package(types.ModuleType):

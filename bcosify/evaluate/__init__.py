@@ -9,8 +9,9 @@ Example:
     4
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from bcosify._lazy import lazy_exports
 
 # names load on first use (PEP 562): `bcosify evaluate --help` needs no torch
 _EXPORTS = {
@@ -58,18 +59,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "AccuracyResult",
