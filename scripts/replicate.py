@@ -327,15 +327,13 @@ class SmallResNet(nn.Module):
 
 def receptive_field(model: nn.Module) -> int:
     """The theoretical receptive field (px) of the last feature map along the longest path of
-    convolutions and poolings, in module order (exact for chains such as ``SmallResNet``, whose
-    shortcuts have smaller fields than the main path)."""
+    convolutions, in module order (exact for chains such as ``SmallResNet``, whose 1x1
+    shortcuts neither widen the field nor add a stride the main path does not have)."""
     rf, jump = 1, 1
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1:
             rf += (m.kernel_size[0] - 1) * m.dilation[0] * jump
             jump *= m.stride[0]
-        elif isinstance(m, nn.Conv2d):
-            jump *= 1  # 1x1 shortcuts: the main path sets the stride
     return rf
 
 
@@ -1221,10 +1219,6 @@ def late_gain(curve: Sequence[tuple[float, float]]) -> float:
     cut = 0.8 * curve[-1][0]
     before = [v for e, v in curve if e <= cut + 1e-9]
     return float(curve[-1][1] - (before[-1] if before else curve[0][1]))
-
-
-def _method_label(method: str) -> str:
-    return method
 
 
 def targets(results: dict) -> list[dict]:

@@ -322,11 +322,10 @@ def test_distillation_needs_no_labels(tmp_path, folder):
     assert "val/loss" in json.loads((out / "metrics.json").read_text())[-1]
 
 
-def test_custom_model_and_teacher_from_python(tmp_path):
-    from bcosify.sources import demo_photos
-
+def _small_source() -> torch.nn.Module:
+    """A seeded conv-BN-ReLU-pool-linear classifier with 3 classes, in eval mode."""
     torch.manual_seed(0)
-    source = torch.nn.Sequential(
+    return torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1),
         torch.nn.BatchNorm2d(8),
         torch.nn.ReLU(),
@@ -334,6 +333,12 @@ def test_custom_model_and_teacher_from_python(tmp_path):
         torch.nn.Flatten(),
         torch.nn.Linear(8, 3),
     ).eval()
+
+
+def test_custom_model_and_teacher_from_python(tmp_path):
+    from bcosify.sources import demo_photos
+
+    source = _small_source()
     model = bcosify.convert(source, mean=(0.5,) * 3, std=(0.5,) * 3)
     photos = [(image, i % 3) for i, (_, image) in enumerate(demo_photos())]
     teacher_before = [p.detach().clone() for p in source.parameters()]
@@ -740,15 +745,7 @@ def test_three_steps_equal_hand_written_adamw(tmp_path, agc):
 
     from torchvision.transforms.functional import to_tensor
 
-    torch.manual_seed(0)
-    source = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.BatchNorm2d(8),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8, 3),
-    ).eval()
+    source = _small_source()
     model = bcosify.convert(source, mean=(0.5,) * 3, std=(0.5,) * 3)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     images = [Image.fromarray((torch.rand(16, 16, 3) * 255).byte().numpy()) for _ in range(8)]

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - older timm
     pass
 # LayerNorm over the channels of NCHW maps (permute, layer_norm, permute back): LayerNorm2d
 for _n in ("LayerNorm2dFp32", "LayerNormExp2d"):
-    if hasattr(tl, _n) or hasattr(tl.norm, _n):
+    if hasattr(tl.norm, _n):
         register_module_rule(getattr(tl.norm, _n), _layernorm2d)
 # 'same' zero padding, then an average: linear, exact as it is
 try:
