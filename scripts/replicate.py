@@ -417,6 +417,7 @@ class Settings:
     threshold: float = 0.5
     ig_steps: int = 20
     threads: int | None = None
+    scratch_from: str | None = None  # reuse the ResNet from-scratch curves of an earlier run
 
 
 QUICK = {
@@ -923,9 +924,14 @@ def experiment(
     s: Settings,
     out: Path,
     log,
+    reused_scratch: dict | None = None,
 ) -> tuple[dict, dict, dict]:
     """From-scratch and B-cosified runs of one source. Returns the results, the B-cos models
-    and the confidence each is judged by in the grid pointing game."""
+    and the confidence each is judged by in the grid pointing game.
+
+    ``reused_scratch`` maps an activation to a from-scratch entry of an earlier run with the
+    same settings (:func:`reusable_scratch`): its curve is taken instead of training it again,
+    and it has no model, so it is left out of the grid pointing game."""
     from bcosify import BcosConfig
 
     labels = _labels(test_t)
@@ -944,6 +950,10 @@ def experiment(
     models, confidences = {}, {}
     for activation in scratch_activations:
         key = f"scratch-{activation}"
+        if reused_scratch and activation in reused_scratch:
+            log(f"\n{name}: B-cos from scratch, ReLU {_KEPT[activation]}: curve reused")
+            result["scratch"][activation] = reused_scratch[activation]
+            continue
         torch.manual_seed(s.seed + 1)
         fresh = bcosify.convert(
             make_source(), BcosConfig(activation=activation), mean=mean, std=std
@@ -1016,6 +1026,54 @@ def experiment(
 
 _KEPT = {"keep": "kept", "remove": "removed", "exact": "exact"}
 
+_SCRATCH_KEYS = (
+    "seed",
+    "train_size",
+    "test_size",
+    "widths",
+    "blocks",
+    "batch_size",
+    "scratch_epochs",
+    "lr",
+    "warmup_fraction",
+    "crop_scale",
+    "hflip",
+    "bn_recalibration_batches",
+)
+"""The settings a from-scratch run depends on: an earlier run's curve is reused only if all match."""
+
+
+def reusable_scratch(s: Settings, source: str) -> dict:
+    """The ResNet from-scratch entries of the results file ``s.scratch_from``, checked to come
+    from the same settings and data (a from-scratch run does not depend on the standard model or
+    on the B-cosified runs, so its curve can be reused); each entry says where it came from."""
+    path = Path(s.scratch_from)
+    try:
+        earlier = json.loads(path.read_text())
+        scratch = earlier["sources"]["resnet"]["scratch"]
+        settings = earlier["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ReplicationError(
+            f"--scratch-from {path}: not a results file of this script ({e}); pass the "
+            "results.json (or benchmarks/replication.json) of an earlier run"
+        ) from None
+    mine = _settings_dict(s)
+    differ = [k for k in _SCRATCH_KEYS if json.dumps(settings.get(k)) != json.dumps(mine[k])]
+    if earlier.get("data", {}).get("source") != source:
+        differ.append("data source")
+    if differ:
+        raise ReplicationError(
+            f"--scratch-from {path}: its from-scratch runs used other settings ({', '.join(differ)});"
+            " run with the same ones, or without --scratch-from"
+        )
+    missing = [a for a in s.scratch_activations if a not in scratch]
+    if missing:
+        raise ReplicationError(
+            f"--scratch-from {path}: no from-scratch run with ReLU {', '.join(missing)}; "
+            f"it has {', '.join(scratch) or 'none'}"
+        )
+    return {a: {**scratch[a], "reused_from": str(path)} for a in s.scratch_activations}
+
 
 def _normalizer(mean, std):
     m = torch.tensor(mean).view(1, 3, 1, 1)
@@ -1070,6 +1128,7 @@ def run(s: Settings, data_dir: str | None, out: Path, log=print) -> dict:
         f"std {std[0]:.4f}, {torch.get_num_threads()} thread(s)"
     )
     train_pil, test_pil, test_t = pil_pairs(tx, ty), pil_pairs(vx, vy), tensor_pairs(vx, vy)
+    reused = reusable_scratch(s, data.source) if s.scratch_from else None  # fails fast
 
     def make_resnet() -> nn.Module:
         return SmallResNet(s.widths, s.blocks, len(CLASSES))
@@ -1109,6 +1168,7 @@ def run(s: Settings, data_dir: str | None, out: Path, log=print) -> dict:
         s=s,
         out=out,
         log=log,
+        reused_scratch=reused,
     )
     res["architecture"] = (
         f"SmallResNet: 3x3 stride-1 stem, BasicBlock stages {list(s.blocks)}, widths "
@@ -1306,8 +1366,9 @@ def markdown(results: dict) -> str:
             e = r["curve"][-1]["epoch"]
             sp = speedup(_points(r["curve"]), _points(r["curve"]))
             stay = sp["scratch_epochs_to_stay"]
+            reused = " (curve of an earlier run)" if r.get("reused_from") else ""
             lines.append(
-                f"| {r['label']} | {e:g} | {r['top1']:.2f} | {r['agree']:.2f} | "
+                f"| {r['label']}{reused} | {e:g} | {r['top1']:.2f} | {r['agree']:.2f} | "
                 f"{sp['scratch_epochs_to_target']:g} | 1 | "
                 f"{'' if stay is None else f'{stay:g}'} | 1 | {r['seconds'] / 60:.1f} |"
             )
@@ -1568,6 +1629,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     p.add_argument(
         "--no-lite0", action="store_true", help="leave out the EfficientNet-Lite0 source"
     )
+    p.add_argument(
+        "--scratch-from",
+        metavar="RESULTS_JSON",
+        help="reuse the ResNet from-scratch curves of an earlier run with the same settings "
+        "(they are left out of the grid pointing game)",
+    )
+    p.add_argument(
+        "--scratch",
+        help="comma-separated from-scratch architectures: remove, keep (both)",
+    )
     p.add_argument("--grids", type=_positive, help="grid pointing game grids (200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive, help="torch threads (default: torch's choice)")
@@ -1616,6 +1687,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         values["runs"] = tuple(names)
     if args.no_lite0:
         values["lite0"] = False
+    if args.scratch:
+        names = [a.strip() for a in args.scratch.split(",")]
+        bad = [a for a in names if a not in ("remove", "keep")]
+        if bad or not names:
+            p.error(f"--scratch {bad}: choose from remove, keep")
+        values["scratch_activations"] = tuple(names)
+    if args.scratch_from:
+        values["scratch_from"] = args.scratch_from
     return args, Settings(seed=args.seed, **values)
 
 

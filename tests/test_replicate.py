@@ -188,6 +188,19 @@ def test_quick_run_on_fake_data(tmp_path):
     (out / "results.md").unlink()
     assert rep.main(["--rerender", "--out", str(out)]) == 0
     assert (out / "results.md").read_text() == md
+    # --scratch-from: a second run reuses the from-scratch curves instead of training them again
+    again = tmp_path / "again"
+    reuse = ["--scratch-from", str(out / "results.json"), "--no-lite0", "--runs", "labels-relu"]
+    assert rep.main([*argv[:-1], str(again), *reuse]) == 0
+    second = json.loads((again / "results.json").read_text())["sources"]["resnet"]
+    kept = second["scratch"]["keep"]
+    assert kept.pop("reused_from") == str(out / "results.json")
+    assert kept == resnet["scratch"]["keep"]
+    assert not (again / "resnet-scratch-keep").exists()  # not trained again
+    r = second["bcosified"]["labels-relu"]
+    assert r["speedup"] == rep.speedup(rep._points(r["curve"]), rep._points(kept["curve"]))
+    assert "(curve of an earlier run)" in (again / "results.md").read_text()
+
 
 
 def test_targets_follow_the_numbers():
@@ -244,3 +257,29 @@ def test_targets_follow_the_numbers():
     }
     met = [t["met"] for t in rep.targets(below)]
     assert met == [False, False, False, False, True]
+
+def test_scratch_from_refuses_other_settings(tmp_path):
+    s = rep.Settings(scratch_from=str(tmp_path / "results.json"))
+    with pytest.raises(rep.ReplicationError, match="not a results file"):
+        rep.reusable_scratch(s, "here")
+    earlier = {
+        "data": {"source": "here"},
+        "settings": rep._settings_dict(rep.Settings()),
+        "sources": {"resnet": {"scratch": {"keep": {"top1": 1.0}, "remove": {"top1": 2.0}}}},
+    }
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
+    assert rep.reusable_scratch(s, "here")["remove"] == {
+        "top1": 2.0,
+        "reused_from": str(tmp_path / "results.json"),
+    }
+    with pytest.raises(rep.ReplicationError, match="other settings \\(data source\\)"):
+        rep.reusable_scratch(s, "elsewhere")
+    other = rep.Settings(scratch_from=s.scratch_from, scratch_epochs=5, widths=(8, 8, 8))
+    with pytest.raises(rep.ReplicationError, match="widths, scratch_epochs"):
+        rep.reusable_scratch(other, "here")
+    # settings a from-scratch run does not depend on may differ
+    assert rep.reusable_scratch(rep.Settings(scratch_from=s.scratch_from, epochs=3), "here")
+    del earlier["sources"]["resnet"]["scratch"]["keep"]
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
+    with pytest.raises(rep.ReplicationError, match="no from-scratch run with ReLU keep"):
+        rep.reusable_scratch(s, "here")
