@@ -1040,7 +1040,7 @@ _SCRATCH_KEYS = (
     "hflip",
     "bn_recalibration_batches",
 )
-"""The settings a from-scratch run depends on: an earlier run's curve is reused only if all match."""
+"""What a from-scratch run depends on: an earlier run's curve is reused only if all match."""
 
 
 def reusable_scratch(s: Settings, source: str) -> dict:
@@ -1063,8 +1063,8 @@ def reusable_scratch(s: Settings, source: str) -> dict:
         differ.append("data source")
     if differ:
         raise ReplicationError(
-            f"--scratch-from {path}: its from-scratch runs used other settings ({', '.join(differ)});"
-            " run with the same ones, or without --scratch-from"
+            f"--scratch-from {path}: its from-scratch runs used other settings "
+            f"({', '.join(differ)}); run with the same ones, or without --scratch-from"
         )
     missing = [a for a in s.scratch_activations if a not in scratch]
     if missing:

@@ -11,6 +11,39 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics from the batch ``x`` (already normalised, as the
+    model expects it), as a trained network has them; returns the model in eval mode.
+
+    Random BatchNorm statistics let a deep random network forget its input (two images give
+    logits equal to 1e-5), so an equivalence check on it proves little. Only the BatchNorm layers
+    run in training mode (a cumulative average: one batch gives its exact statistics); dropout and
+    stochastic depth stay off.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    for m in bns:
+        if m.track_running_stats:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+    try:
+        model(x)
+    finally:
+        model.eval()
+    return model
+
+
+@torch.no_grad()
+def input_dependence(model: nn.Module, x: torch.Tensor) -> float:
+    """How much the model's output changes between the samples of ``x``: the largest
+    ``max|f(x_i) - f(x_0)| / max|f(x_0)|``. Near zero, the model is blind to its input and a
+    comparison of two models on it cannot see a wrong conversion."""
+    y = model(x)
+    return max(rel_err(y[i], y[0]) for i in range(1, len(y)))
+
+
 def randomize_norms(model: nn.Module) -> nn.Module:
     """Give BatchNorm layers non-trivial statistics and affine parameters (random weights are
     otherwise too regular to catch a wrong fold)."""

@@ -18,6 +18,7 @@ from bcosify.train.align import (
     align_nodes,
     feature_distance,
 )
+from tests.helpers import calibrate_batchnorm
 
 EXACT = bcosify.BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 HALF = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -25,14 +26,7 @@ HALF = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
 
 def _calibrated(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     """Random BatchNorm statistics make outputs almost input-blind; set them from a batch."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model((x - 0.5) / 0.5)
-    return model.eval()
+    return calibrate_batchnorm(model, (x - 0.5) / 0.5)
 
 
 def _small_vit() -> torch.nn.Module:

@@ -14,7 +14,7 @@ from torch import nn
 import bcosify
 from bcosify import BcosConfig, BcosifyError, TraceError, UnsupportedLayerError
 from bcosify import nn as bnn
-from tests.helpers import MEAN, STD, calibrate, rel_err
+from tests.helpers import MEAN, STD, calibrate, calibrate_batchnorm, rel_err
 
 EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 
@@ -334,14 +334,13 @@ def test_activation_keep_turns_relu6_into_relu_so_explanations_stay_complete(arc
     else:
         source = getattr(torchvision.models, arch)(num_classes=10)
     x = torch.rand(2, 3, 64, 64)
+    # statistics from the data, so the output depends on the input
+    calibrate_batchnorm(
+        source, (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    )
     bns = [m for m in source.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:  # statistics from the data, so the output depends on the input
-        bn.reset_running_stats()
-        bn.momentum = None
     with torch.no_grad():
-        source.train()((x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])
         bns[0].weight.mul_(30.0)  # activations well above 6 from the stem on: a cap bites
-    source.eval()
     errors = {}
     for activation in ("keep", "exact"):
         model = bcosify.convert(
@@ -407,6 +406,51 @@ _POOL_THEN_FLATTEN = {
     "AdaptiveAvgPool2d(1) + reshape(N, -1)": lambda m, x: m.pool1(x).reshape(x.shape[0], -1),
     "mean over H, W": lambda m, x: x.mean((2, 3)),
 }
+
+_CHANNELS_LAST_MEAN = {
+    "NHWC mean((1, 2))": (lambda x: x.permute(0, 2, 3, 1), lambda f: f.mean((1, 2)), True),
+    "tokens mean(dim=1)": (lambda x: x.flatten(2).transpose(1, 2), lambda f: f.mean(dim=1), True),
+    "NHWC mean((1, 2), keepdim=True)": (
+        lambda x: x.permute(0, 2, 3, 1),
+        lambda f: f.mean((1, 2), keepdim=True).flatten(1),
+        False,  # not recognised: the head stays after the pooling, still exact
+    ),
+}
+
+
+@pytest.mark.parametrize("idiom", list(_CHANNELS_LAST_MEAN))
+def test_the_head_moves_before_a_channels_last_mean(idiom):
+    """timm's NHWC heads (Swin) and token means: the head becomes a per-position BcosLinear."""
+    layout, pool, moves = _CHANNELS_LAST_MEAN[idiom]
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(pool(layout(self.conv(x))))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    exact = BcosConfig(b=1.0, keep_bias=True, activation="exact", maxpool="keep")
+    conv = bcosify.convert(model, exact, mean=MEAN, std=STD)
+    moved = [e for e in conv.conversion_report.entries if e.action == "moved"]
+    assert len(moved) == int(moves), conv.conversion_report
+    x = torch.rand(2, 3, 10, 10)
+    ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-5)
+    if moves:  # B=2: the head is a B-cos unit per position, and the explanation stays complete
+        model2 = bcosify.convert(model, mean=MEAN, std=STD)
+        e = bcosify.explain(model2, x)
+        pixels = e.contributions.flatten(1).sum(1)
+        torch.testing.assert_close(pixels, e.explained_logit - e.constant_total, rtol=1e-4, atol=0)
+        head = model2.get_submodule("fc")
+        assert isinstance(head, bcosify.nn.BcosLinear)
+        features = torch.rand(2, 4, 4, 8)
+        with torch.no_grad():  # B=2 per position is not B=2 on the mean: it acts before it
+            assert not torch.allclose(head(features).mean((1, 2)), head(features.mean((1, 2))))
 
 
 @pytest.mark.parametrize("idiom", list(_POOL_THEN_FLATTEN))

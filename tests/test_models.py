@@ -10,7 +10,15 @@ import torchvision
 import bcosify
 from bcosify import BcosConfig
 from bcosify.models import VERIFIED_MODELS
-from tests.helpers import MEAN, STD, calibrate, randomize_norms, rel_err
+from tests.helpers import (
+    MEAN,
+    STD,
+    calibrate,
+    calibrate_batchnorm,
+    input_dependence,
+    randomize_norms,
+    rel_err,
+)
 
 EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 
@@ -43,19 +51,45 @@ def size_of(name: str) -> int:
 def source(request):
     torch.manual_seed(0)
     model = reinit_zero_weights(randomize_norms(build(request.param))).eval()
+    # running statistics from a batch, as a trained network has them: with random ones a deep
+    # network is nearly blind to its input and an equivalence check on it proves little
+    s = size_of(request.param)
+    calibrate_batchnorm(model, torchvision.transforms.functional.normalize(_batch(4, s), MEAN, STD))
     return request.param, model
+
+
+def _batch(n: int, size: int) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(size + n))
 
 
 def test_equivalence(source):
     """B=1, biases, ReLU and max pool kept: the rewrite itself equals the original model."""
     name, model = source
     x = torch.rand(2, 3, size_of(name), size_of(name))
+    normalized = torchvision.transforms.functional.normalize(x, MEAN, STD)
+    # first, the comparison can see something: the original's output depends on its input
+    assert input_dependence(model, normalized) > 1e-2
     converted = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD).eval()
     with torch.no_grad():
-        expected = model(torchvision.transforms.functional.normalize(x, MEAN, STD))
+        expected = model(normalized)
         out = converted(x)
     assert out.shape == expected.shape
     assert rel_err(out, expected) <= 1e-4
+
+
+def test_conversion_report(source):
+    """What the report says happened, per verified model: the normalisation folded into the first
+    layer once, the head moved in front of the global pooling once (or the model's entry says why
+    it has no such pooling), nothing unsupported."""
+    name, model = source
+    report = bcosify.convert(model, mean=MEAN, std=STD).conversion_report
+    actions = [e.action for e in report.entries]
+    assert report.ok and not report.unsupported
+    assert actions.count("folded") == 1
+    assert actions.count("moved") == (0 if "head" in VERIFIED_MODELS[name] else 1), VERIFIED_MODELS[
+        name
+    ].get("head")
+    assert actions.count("inserted") >= 2  # the [x, 1-x] encoding and the logit layer
 
 
 def test_completeness(source):

@@ -202,7 +202,6 @@ def test_quick_run_on_fake_data(tmp_path):
     assert "(curve of an earlier run)" in (again / "results.md").read_text()
 
 
-
 def test_targets_follow_the_numbers():
     def src(speed, final_ok, agree_align, agree_distill):
         sp = {"speedup": speed, "equal_final": final_ok}
@@ -257,6 +256,7 @@ def test_targets_follow_the_numbers():
     }
     met = [t["met"] for t in rep.targets(below)]
     assert met == [False, False, False, False, True]
+
 
 def test_scratch_from_refuses_other_settings(tmp_path):
     s = rep.Settings(scratch_from=str(tmp_path / "results.json"))

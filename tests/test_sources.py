@@ -15,6 +15,7 @@ from torch import nn
 from bcosify.errors import ModelSourceError
 from bcosify.preprocessing import IMAGENET_DEFAULT, Preprocessing
 from bcosify.sources import build_model, demo_photos, load_state_dict_file
+from tests.helpers import calibrate_batchnorm
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 COFFEE_CLASSES = {"espresso", "cup", "coffee mug"}
@@ -33,19 +34,6 @@ def _offline(monkeypatch, tmp_path):
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-@torch.no_grad()
-def _calibrate_norms(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Set BatchNorm statistics from a batch: random deep networks otherwise lose the input
-    signal and give the same output for any input, which would make comparisons vacuous."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: one batch gives its exact statistics
-    model.train()
-    model(x)
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------- random init
@@ -193,7 +181,7 @@ def test_transform_input_is_folded_into_preprocessing(tmp_path, name, size):
     original = torchvision.models.get_model(
         name, weights=None, transform_input=True, aux_logits=False, init_weights=False
     )
-    _calibrate_norms(original, IMAGENET_DEFAULT.normalize(torch.rand(8, 3, size, size)))
+    calibrate_batchnorm(original, IMAGENET_DEFAULT.normalize(torch.rand(8, 3, size, size)))
     path = tmp_path / f"{name}.pth"
     torch.save(original.state_dict(), path)
     model = build_model(name, weights=path)

@@ -411,8 +411,26 @@ def _is_global_avg_pool(ctx: RewriteContext, node: fx.Node) -> bool:
     return False
 
 
+def _is_channels_last_mean(node: fx.Node) -> bool:
+    """A mean over the positions of channels-last features: ``x.mean((1, 2))`` of N x H x W x C
+    (timm's NHWC heads) or ``x.mean(1)`` of N x L x C tokens.
+
+    The channel axis is the last and is not reduced, so a linear map on the last axis commutes
+    with it. (Reducing the last axis too would need a 3-d input for ``(1, 2)`` or a 2-d one for
+    ``1``, and then the head's input would be the 1-d batch axis: no classifier is written so.)
+    """
+    if node.op not in ("call_method", "call_function") or node.target not in ("mean", torch.mean):
+        return False
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)
+    if node.kwargs.get("keepdim", False) or (len(node.args) > 2 and node.args[2]):
+        return False
+    return dims in ((1, 2), (1,))
+
+
 def move_head_before_pool(ctx: RewriteContext) -> None:
-    """Rewrite ``global avg pool -> flatten -> linear`` as ``1x1 conv -> pool -> flatten``.
+    """Rewrite ``global avg pool -> flatten -> linear`` as ``1x1 conv -> pool -> flatten``, and
+    ``mean over positions -> linear`` of channels-last features as ``linear -> mean``.
 
     Exact at B=1 (pooling and a linear map commute); with B=2 the B-cos head acts per position.
     """
@@ -427,11 +445,14 @@ def move_head_before_pool(ctx: RewriteContext) -> None:
             chain = chain.args[0]
         if not (isinstance(chain, fx.Node) and len(chain.users) == 1):
             continue
-        if not _is_global_avg_pool(ctx, chain):
+        if _is_global_avg_pool(ctx, chain):
+            ctx.gm.set_submodule(str(node.target), _linear_to_conv(linear))
+            what = "Linear -> 1x1 BcosConv2d before global pooling"
+        elif _is_channels_last_mean(chain):
+            what = "Linear -> per-position BcosLinear before the mean over positions"
+        else:
             continue
         features = chain.args[0]
-        conv = _linear_to_conv(linear)
-        ctx.gm.set_submodule(str(node.target), conv)
         with ctx.graph.inserting_before(chain):
             conv_node = ctx.graph.call_module(str(node.target), (features,))
         conv_node.meta = dict(node.meta)
@@ -454,11 +475,7 @@ def move_head_before_pool(ctx: RewriteContext) -> None:
             for e in ctx.report.entries
             if not (e.action == "replaced" and e.name == str(node.target))
         ]
-        ctx.report.add(
-            "moved",
-            "Linear -> 1x1 BcosConv2d before global pooling",
-            str(node.target),
-        )
+        ctx.report.add("moved", what, str(node.target))
 
 
 def _linear_to_conv(linear: bnn.BcosLinear) -> bnn.BcosConv2d:
