@@ -244,11 +244,15 @@ def _cmd_models(args) -> int:
     def err(v) -> str:
         return "" if v is None else f"{v:.1e}"
 
-    print(f"{'model':<40} {'library':<12} {'status':<12} {'equivalence':>11} {'completeness':>12}")
+    print(
+        f"{'model':<40} {'library':<12} {'status':<12} {'dependence':>10} {'equivalence':>11} "
+        f"{'completeness':>12}"
+    )
     for r in rows:
         print(
             f"{r['model']:<40} {r['library']:<12} {r['status']:<12} "
-            f"{err(r.get('equivalence')):>11} {err(r.get('completeness')):>12}"
+            f"{err(r.get('input_dependence')):>10} {err(r.get('equivalence')):>11} "
+            f"{err(r.get('completeness')):>12}"
         )
     print("details: docs/support.md (scripts/support_matrix.py)")
     return 0

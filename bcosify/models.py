@@ -98,20 +98,23 @@ def list_verified_models() -> list[str]:
 
 
 def support_matrix() -> list[dict]:
-    """The rows of the last support-matrix run (``scripts/support_matrix.py``): model, library,
-    status (``pass``, ``unsupported``, ...), input size, equivalence and completeness errors,
-    conversion time and the reason of a failure. Empty if the matrix was never generated.
+    """The rows of the last support-matrix run (``scripts/support_matrix.py``, shipped as the
+    package data file ``bcosify/support_matrix.json``): model, library, status (``pass``,
+    ``unsupported``, ``input-blind``, ...), input size, the source's input dependence, equivalence
+    and completeness errors and the reason of a failure. Empty if the matrix was never generated.
 
     Example:
         >>> rows = support_matrix()
         >>> all("status" in row for row in rows)
         True
     """
-    try:
-        from bcosify._support_matrix import SUPPORT_MATRIX
-    except ImportError:
+    import json
+    from importlib import resources
+
+    data = resources.files("bcosify").joinpath("support_matrix.json")
+    if not data.is_file():
         return []
-    return [dict(row) for row in SUPPORT_MATRIX]
+    return [dict(row) for row in json.loads(data.read_text(encoding="utf-8"))]
 
 
 def list_supported_models() -> list[str]:

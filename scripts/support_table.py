@@ -26,15 +26,21 @@ def table() -> str:
         rows.append(f"| `{name}` | {info['library']} | {info['family']} | {size}×{size} |")
     matrix = support_matrix()
     if matrix:
+
+        def passing(library: str) -> str:
+            lib = [r for r in matrix if r["library"] == library]
+            return f"{library}: {sum(r['status'] == 'pass' for r in lib)} of {len(lib)}"
+
         passed = sum(r["status"] == "pass" for r in matrix)
-        tv = [r for r in matrix if r["library"] == "torchvision"]
-        tv_pass = sum(r["status"] == "pass" for r in tv)
+        unjudged = sum(r["status"] in ("not judged", "input-blind") for r in matrix)
         rows += [
             "",
             f"The full support matrix, [docs/support.md](docs/support.md), lists {len(matrix)} "
-            f"models ({passed} pass; torchvision: {tv_pass} of {len(tv)}) with their measured "
-            "equivalence and completeness errors, conversion times and the reason of every "
-            "failure (`python scripts/support_matrix.py`; `bcosify models` prints it).",
+            f"models ({passed} pass; {passing('torchvision')}, {passing('timm')}; {unjudged} "
+            "random-weight sources the check cannot judge) with their measured input dependence, "
+            "equivalence and completeness errors (BatchNorm statistics from a batch), conversion "
+            "times and the reason of every failure (`python scripts/support_matrix.py "
+            "--timm-families`; `bcosify models` prints it).",
         ]
     return "\n".join(rows)
 

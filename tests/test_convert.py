@@ -225,20 +225,45 @@ def test_refuses_converted_and_wrapped_models():
 
 
 def test_first_layer_not_foldable_uses_encoded_normalize():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.skip = nn.Conv2d(3, 4, 1)
-
-        def forward(self, x):
-            return (self.conv(x) + self.skip(F.avg_pool2d(x, 1))).mean((2, 3))
-
-    conv = assert_equivalent(M().eval(), torch.rand(2, 3, 8, 8))
+    conv = assert_equivalent(_NotFoldable().eval(), torch.rand(2, 3, 8, 8))
     assert (
         conv.conversion_report.counts()[("inserted", "EncodedNormalize (first layer not foldable)")]
         == 1
     )
+
+
+class _NotFoldable(nn.Module):
+    """The input reaches a conv and a pool: the normalisation cannot fold into the first layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.skip = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return (self.conv(x) + self.skip(F.avg_pool2d(x, 1))).mean((2, 3))
+
+
+@pytest.mark.parametrize("name", ["idioms", "not_foldable", "resnet18"])
+def test_float64_model_converts_in_float64(name):
+    """A float64 model converts in float64: equivalent to ~1e-12, every tensor float64. BatchNorm
+    statistics, the input fold and EncodedNormalize were rounded through float32 (the float64
+    ResNet-18 was off by 3e-7: a deep network with calibrated statistics amplifies that)."""
+    torch.manual_seed(0)
+    if name == "resnet18":
+        model = torchvision.models.resnet18(num_classes=10)
+    else:
+        model = Idioms() if name == "idioms" else _NotFoldable()
+    model = model.double()
+    calibrate_batchnorm(model, _normalized(torch.rand(4, 3, 32, 32, dtype=torch.float64)))
+    eq = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
+    tensors = {**dict(eq.named_parameters()), **dict(eq.named_buffers())}
+    assert {
+        k for k, t in tensors.items() if t.is_floating_point() and t.dtype != torch.float64
+    } == set()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(eq(x), model(_normalized(x))) <= 1e-12
 
 
 def test_fold_is_bias_free_and_exact_at_borders():

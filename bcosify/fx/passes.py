@@ -517,8 +517,8 @@ def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float
     x = placeholders[0]
     channels = len(mean)
     consumers = [u for u in x.users if u.target not in _SHAPE_USERS]
-    mean_t = torch.as_tensor(mean, dtype=torch.float32)
-    std_t = torch.as_tensor(std, dtype=torch.float32)
+    mean_t = torch.as_tensor(mean, dtype=torch.float64)
+    std_t = torch.as_tensor(std, dtype=torch.float64)
 
     def foldable(node: fx.Node) -> bool:
         if node.op != "call_module" or node.args[0] is not x or len(node.args) != 1:
@@ -558,7 +558,10 @@ def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float
             u.replace_input_with(x, enc)
             ctx.report.add("folded", "input normalisation into first layer (bias-free)", u.target)
     else:
-        norm_name = ctx.add_submodule("encoded_normalize", bnn.EncodedNormalize(mean, std))
+        param = next(ctx.gm.parameters(), None)
+        dtype = torch.float32 if param is None else param.dtype
+        normalize = bnn.EncodedNormalize(mean, std, dtype=dtype)
+        norm_name = ctx.add_submodule("encoded_normalize", normalize)
         with ctx.graph.inserting_after(enc):
             normed = ctx.graph.call_module(norm_name, (enc,))
         for u in consumers:

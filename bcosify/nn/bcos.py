@@ -187,8 +187,8 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
         normalised encoding, as in the published B-cosification code. Only the norm changes
         (it is detached in explanation mode), so explanations stay exact and bias-free.
         """
-        shift = torch.as_tensor(shift, dtype=torch.float32).reshape(1, -1, 1, 1)
-        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(1, -1, 1, 1)
+        shift = torch.as_tensor(shift, dtype=self.weight.dtype).reshape(1, -1, 1, 1)
+        scale = torch.as_tensor(scale, dtype=self.weight.dtype).reshape(1, -1, 1, 1)
         if shift.shape[1] != self.in_channels or scale.shape != shift.shape:
             raise ValueError(f"shift and scale need {self.in_channels} values each")
         self.register_buffer("norm_shift", shift, persistent=False)

@@ -116,12 +116,15 @@ class EncodedNormalize(nn.Module):
     bias-free. Used when the first layer cannot absorb the normalisation.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
+    ):
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32)
-        std_t = torch.as_tensor(std, dtype=torch.float32)
-        self.register_buffer("a", ((1 - mean_t) / std_t).view(1, -1, 1, 1))
-        self.register_buffer("c", (-mean_t / std_t).view(1, -1, 1, 1))
+        # computed in float64, rounded once to the model's dtype
+        mean_t = torch.as_tensor(mean, dtype=torch.float64)
+        std_t = torch.as_tensor(std, dtype=torch.float64)
+        self.register_buffer("a", ((1 - mean_t) / std_t).to(dtype).view(1, -1, 1, 1))
+        self.register_buffer("c", (-mean_t / std_t).to(dtype).view(1, -1, 1, 1))
 
     def forward(self, x6: Tensor) -> Tensor:
         x, inv = x6.chunk(2, dim=1)

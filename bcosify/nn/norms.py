@@ -50,7 +50,10 @@ class _UncenteredBatchNorm(DetachableModule):
             bn.track_running_stats,
             device="meta",
         )
-        new.to_empty(device=(bn.weight if bn.affine else bn.running_var).device)
+        ref = bn.weight if bn.affine else bn.running_var
+        new.to_empty(device=ref.device if ref is not None else "cpu")
+        if ref is not None:
+            new.to(ref.dtype)
         with torch.no_grad():
             if bn.track_running_stats:
                 new.running_var.copy_(bn.running_var)
