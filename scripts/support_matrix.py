@@ -56,6 +56,7 @@ from tests.helpers import (  # noqa: E402
     calibrate,
     calibrate_batchnorm,
     input_dependence,
+    pixel_completeness,
     randomize_norms,
     rel_err,
 )
@@ -295,15 +296,6 @@ def _float64_equivalence(model: torch.nn.Module, x: torch.Tensor, row: dict) -> 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     return torchvision.transforms.functional.normalize(x, MEAN, STD)
-
-
-def pixel_completeness(expl) -> float:
-    """Worst ``|sum(contributions) - (logit - constants)| / |logit - constants|``: completeness
-    judged on the pixel part alone, which a large constant (the logit bias) cannot hide."""
-    pixels = expl.explained_logit - expl.constant_total
-    total = expl.contributions.flatten(1).sum(1)
-    tiny = torch.finfo(pixels.dtype).tiny
-    return float(((total - pixels).abs() / pixels.abs().clamp_min(tiny)).max())
 
 
 def _one_line(text: str) -> str:

@@ -93,3 +93,13 @@ def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|."""
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def pixel_completeness(expl) -> float:
+    """Worst ``|sum(contributions) - (logit - constants)| / |logit - constants|``: completeness
+    judged on the pixel part of the explained logit alone, which a large constant (the logit
+    bias) cannot hide."""
+    pixels = expl.explained_logit - expl.constant_total
+    total = expl.contributions.flatten(1).sum(1)
+    tiny = torch.finfo(pixels.dtype).tiny
+    return float(((total - pixels).abs() / pixels.abs().clamp_min(tiny)).max())

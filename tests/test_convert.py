@@ -298,8 +298,25 @@ def test_functional_dropout_follows_train_mode():
         def forward(self, x):
             return F.dropout(self.conv(x), 0.5, training=self.training).mean((2, 3))
 
-    conv = bcosify.convert(M().eval(), mean=MEAN, std=STD)
-    assert any(isinstance(m, nn.Dropout) for m in conv.modules())
+    model = M().eval()
+    conv = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        # eval: no dropout (training=False was baked in at trace time, so this alone proves little)
+        assert rel_err(conv(x), model(_normalized(x))) <= 1e-5
+        conv.train()  # train: dropout with p=0.5 follows the mode, as the source's would
+        torch.manual_seed(1)
+        a = conv(x)
+        torch.manual_seed(1)
+        b = conv(x)
+        torch.manual_seed(2)
+        c = conv(x)
+        conv.eval()
+        d = conv(x)
+    torch.testing.assert_close(a, b)  # dropout draws from torch's generator
+    assert not torch.allclose(a, c) and not torch.allclose(a, d)
+    p = [m.p for m in conv.modules() if isinstance(m, nn.Dropout)]
+    assert p == [0.5]
 
 
 def test_config_validation():
