@@ -89,6 +89,19 @@ class Explanation:
         logit = self.explained_logit
         return (total - logit).abs() / logit.abs().clamp_min(torch.finfo(logit.dtype).tiny)
 
+    @property
+    def pixel_completeness_error(self) -> Tensor:
+        """B: ``|sum(contributions) - (logit - constants)| / |logit - constants|`` per sample.
+
+        Completeness judged on the pixel part of the logit alone: a large constant (the logit
+        bias ``-log(C - 1)``) cannot hide an error in the contributions, as it can in
+        :attr:`completeness_error`. Where the pixel part is tiny (an untrained B=2 model), compute
+        the explanation in float64 to measure it.
+        """
+        pixels = self.explained_logit - self.constant_total
+        total = self.contributions.flatten(1).sum(1)
+        return (total - pixels).abs() / pixels.abs().clamp_min(torch.finfo(pixels.dtype).tiny)
+
     def to_rgba(self, smooth: int = 15, percentile: float = 99.5) -> Tensor:
         """B x H x W x 4 colour image of the dynamic weights (see :func:`bcosify.viz.to_rgba`)."""
         from bcosify.viz import to_rgba

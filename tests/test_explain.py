@@ -83,3 +83,19 @@ def test_rgba_and_figures(model, tmp_path):
     assert [p.name for p in paths] == ["a.png", "b.png"]
     with Image.open(paths[0]) as im:
         assert im.width > 2 * im.height
+
+
+def test_pixel_completeness_error_sees_what_the_logit_bias_hides(model):
+    """An error of 1 % in the contributions is 1 % of the pixel part, however large the constant
+    (the logit bias) next to it; the logit-relative error hides most of it."""
+    import dataclasses
+
+    e = bcosify.explain(model, torch.rand(2, 3, 32, 32))
+    pixels = e.explained_logit - e.constant_total
+    assert float(pixels.abs().min()) > 1e-2 and float(e.pixel_completeness_error.max()) <= 1e-4
+    wrong = dataclasses.replace(e, contributions=e.contributions * 1.01)
+    torch.testing.assert_close(
+        wrong.pixel_completeness_error, torch.full((2,), 0.01), atol=2e-4, rtol=0
+    )
+    hidden = pixels.abs() / e.explained_logit.abs()
+    torch.testing.assert_close(wrong.completeness_error, 0.01 * hidden, atol=2e-4, rtol=0)
