@@ -99,3 +99,35 @@ def test_pixel_completeness_error_sees_what_the_logit_bias_hides(model):
     )
     hidden = pixels.abs() / e.explained_logit.abs()
     torch.testing.assert_close(wrong.completeness_error, 0.01 * hidden, atol=2e-4, rtol=0)
+
+
+def test_kept_biases_are_constant_terms_of_each_sample():
+    """With biases kept (B=2), every bias is reported as a constant term, and contributions
+    plus constants equal the logit, checked where the kept biases are a large part of it."""
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    ).eval()
+    with torch.no_grad():
+        for m in source:
+            if getattr(m, "bias", None) is not None:
+                m.bias.normal_(0, 1)
+    config = bcosify.BcosConfig(keep_bias=True)
+    model = bcosify.convert(source, config, mean=(0.5,) * 3, std=(0.5,) * 3)
+    x = torch.rand(3, 3, 16, 16)
+    calibrate(model, x)
+    e = bcosify.explain(model, x)
+    biases = {k: v for k, v in e.constant_contributions.items() if k.endswith(".bias")}
+    assert len(biases) == 3  # the two convolutions and the head
+    kept = sum(biases.values())
+    assert float((kept.abs() / e.explained_logit.abs()).min()) > 0.05  # they matter
+    assert float(e.completeness_error.max()) <= 1e-5
+    # a sample's constants are its own: alone it gets the same ones
+    alone = bcosify.explain(model, x[1:2], e.target[1:2])
+    for name, value in e.constant_contributions.items():
+        torch.testing.assert_close(alone.constant_contributions[name], value[1:2])

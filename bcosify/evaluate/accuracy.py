@@ -19,7 +19,21 @@ from bcosify.evaluate.data import (
     resolve_normalize,
 )
 
-__all__ = ["AccuracyResult", "evaluate_accuracy"]
+__all__ = ["AccuracyResult", "evaluate_accuracy", "topk_correct"]
+
+
+def topk_correct(logits: Tensor, labels: Tensor, k: int = 5) -> tuple[int, int]:
+    """How many rows of ``logits`` (N x classes) have their label first, and among the top ``k``
+    (``k`` is capped at the number of classes). The one top-1/top-k count of the package: the
+    evaluation and the fine-tuning loop's validation both use it.
+
+    Example:
+        >>> topk_correct(torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]), torch.tensor([1, 2]), 2)
+        (1, 2)
+    """
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    hit = top == labels[:, None]
+    return int(hit[:, 0].sum()), int(hit.any(1).sum())
 
 
 @dataclass(frozen=True)
@@ -150,10 +164,9 @@ def evaluate_accuracy(
                         f"{sorted(set(labels.tolist()))[:10]}; pass class_map= to map them"
                     )
                 k5 = min(5, num_classes)
-                top = logits.topk(k5, dim=1).indices
-                hit = top == labels[:, None]
-                correct1 += int(hit[:, 0].sum())
-                correct5 += int(hit.any(1).sum())
+                c1, c5 = topk_correct(logits, labels, k5)
+                correct1 += c1
+                correct5 += c5
                 n += labels.numel()
                 bar.set_postfix(top1=f"{correct1 / max(n, 1):.3f}")
     finally:

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bcosify import nn as bnn
 from bcosify.errors import BcosifyError
+from bcosify.evaluate.accuracy import topk_correct
 from bcosify.train.data import (
     SeededDataset,
     TransformedDataset,
@@ -789,9 +790,9 @@ class _Run:
                 agree += int(acc.gather_for_metrics(same).sum())
             logits, labels = acc.gather_for_metrics((logits.float(), labels))
             loss_sum += float(acc.reduce(loss.detach(), "sum"))
-            top = logits.topk(k, dim=1).indices
-            correct1 += int((top[:, 0] == labels).sum())
-            correct5 += int((top == labels[:, None]).any(1).sum())
+            c1, ck = topk_correct(logits, labels, k)
+            correct1 += c1
+            correct5 += ck
             total += labels.shape[0]
         model.train(was)
         total = max(total, 1)
