@@ -232,7 +232,7 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from bcosify.models import VERIFIED_MODELS, support_matrix
+    from bcosify.support import VERIFIED_MODELS, support_matrix
 
     rows = support_matrix()
     if not rows:  # the support matrix was never generated: the CI-verified table

@@ -17,7 +17,7 @@ deep random network nearly blind to its input) and zero-initialised layers given
 * conversion time of ``bcosify.convert`` (default config), excluding model construction.
 
 Writes ``docs/support.md`` and the data file ``bcosify/support_matrix.json`` (read by
-``bcosify.models.support_matrix`` and ``bcosify models``; it holds no timings, so a rerun that
+``bcosify.support.support_matrix`` and ``bcosify models``; it holds no timings, so a rerun that
 measures the same changes nothing in it).
 
 Usage (from the repository root):
@@ -49,7 +49,7 @@ import torchvision  # noqa: E402
 
 import bcosify  # noqa: E402
 from bcosify import BcosConfig  # noqa: E402
-from bcosify.models import VERIFIED_MODELS  # noqa: E402
+from bcosify.support import VERIFIED_MODELS  # noqa: E402
 from tests.helpers import (  # noqa: E402
     MEAN,
     STD,

@@ -1,4 +1,4 @@
-"""Write the README's support section from bcosify.models (the CI-verified table and the measured
+"""Write the README's support section from bcosify.support (the CI-verified table and the measured
 support matrix).
 
 Usage: python scripts/support_table.py   (rewrites the block between the markers in README.md)
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bcosify.models import VERIFIED_MODELS, support_matrix
+from bcosify.support import VERIFIED_MODELS, support_matrix
 
 START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bcosify.cli import main
-from bcosify.models import VERIFIED_MODELS
+from bcosify.support import VERIFIED_MODELS
 
 
 def test_help_has_examples(capsys):

@@ -9,7 +9,7 @@ import torchvision
 
 import bcosify
 from bcosify import BcosConfig
-from bcosify.models import VERIFIED_MODELS
+from bcosify.support import VERIFIED_MODELS
 from tests.helpers import (
     MEAN,
     STD,
@@ -127,7 +127,7 @@ def test_support_matrix_is_package_data():
     """The matrix ships as JSON (read with importlib.resources), measured by
     scripts/support_matrix.py: every row has the measured fields, and every CI-verified model
     passes in it."""
-    from bcosify.models import list_supported_models, support_matrix
+    from bcosify.support import list_supported_models, support_matrix
 
     rows = support_matrix()
     assert rows, "bcosify/support_matrix.json is missing: run scripts/support_matrix.py"
@@ -136,3 +136,16 @@ def test_support_matrix_is_package_data():
     supported = set(list_supported_models())
     missing = [name for name in VERIFIED_MODELS if name not in supported]
     assert not missing, f"verified in CI but not passing in the matrix: {missing}"
+
+
+def test_old_module_name_still_imports_with_a_warning():
+    import importlib
+    import sys
+
+    import bcosify.support
+
+    sys.modules.pop("bcosify.models", None)
+    with pytest.warns(FutureWarning, match="bcosify.support"):
+        old = importlib.import_module("bcosify.models")
+    assert old.VERIFIED_MODELS is bcosify.support.VERIFIED_MODELS
+    assert old.support_matrix is bcosify.support.support_matrix
