@@ -19,7 +19,7 @@ _EPILOGS = {
     "inspect": """examples:
   bcosify inspect resnet50
   bcosify inspect timm/tf_efficientnet_lite0 --activation keep""",
-    "evaluate": "",  # bcosify.evaluate.command.EPILOG
+    "evaluate": "",  # bcosify.cli.evaluate.EPILOG
     "explain": """examples:
   bcosify explain lite0-bcos cat.jpg dog.png --out explanations
   bcosify explain lite0-bcos cat.jpg --target 281 --out explanations""",
@@ -58,7 +58,7 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
-    from bcosify.evaluate.command import EPILOG, add_arguments
+    from bcosify.cli.evaluate import EPILOG, add_arguments
 
     p.epilog = EPILOG
     add_arguments(p)
@@ -169,7 +169,7 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from bcosify.evaluate.command import run
+    from bcosify.cli.evaluate import run
 
     return run(args)
 
@@ -332,7 +332,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bcosify: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

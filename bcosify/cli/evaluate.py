@@ -1,7 +1,7 @@
 """The ``bcosify evaluate`` command: accuracy, or the grid pointing game, on an image folder.
 
-Kept apart from :mod:`bcosify.cli`, which only registers the subcommand with
-:func:`add_arguments` and calls :func:`run`.
+The command-line side of :mod:`bcosify.evaluate` (which holds the library functions):
+:mod:`bcosify.cli` registers the subcommand with :func:`add_arguments` and calls :func:`run`.
 """
 
 from __future__ import annotations
