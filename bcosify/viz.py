@@ -32,7 +32,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["to_rgba", "contribution_map_image", "save_figure", "make_grid_figure"]
+__all__ = [
+    "to_rgba",
+    "contribution_map_image",
+    "save_figure",
+    "make_grid_figure",
+    "gridpg_examples_figure",
+    "gridpg_boxplot",
+]
 
 _EPS = 1e-12
 
@@ -496,3 +503,67 @@ def make_grid_figure(
         return _save(fig, path, dpi)
     finally:
         fig.clear()
+
+
+def gridpg_examples_figure(
+    path: str | os.PathLike[str],
+    examples: Sequence[tuple[Tensor, int, dict[str, Tensor]]],
+    grids: Sequence[Any],
+    scores: dict[str, np.ndarray],
+    grid_size: int,
+    cell_size: tuple[int, int],
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Grid pointing game figure: one row per example grid; the grid with the explained cell
+    outlined, then each method's smoothed positive attribution for that cell's class, with its
+    score (``examples``: (grid image, cell, method -> map) as in
+    :class:`bcosify.evaluate.GridPGResult`)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    methods = list(scores)
+    rows = max(1, len(examples))
+    cols = 1 + len(methods)
+    fig = Figure(figsize=(2.6 * cols, 2.8 * rows))
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+    h, w = cell_size
+    for r, (image, cell, maps) in enumerate(examples):
+        cls = grids[r].classes[cell]
+        label = class_names[cls] if class_names is not None and cls < len(class_names) else cls
+        y, x = divmod(cell, grid_size)
+        axes[r, 0].imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+        axes[r, 0].set_title(f"grid {r}: class {label}", fontsize=8)
+        for c, name in enumerate(methods, start=1):
+            m = maps[name].cpu().numpy()
+            axes[r, c].imshow(m / m.max() if m.max() > 0 else m, cmap="inferno", vmin=0, vmax=1)
+            axes[r, c].set_title(f"{name}: {scores[name][r, cell]:.2f}", fontsize=8)
+        for ax in axes[r]:
+            ax.add_patch(Rectangle((x * w - 0.5, y * h - 0.5), w, h, fill=False, ec="cyan", lw=1.5))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def gridpg_boxplot(
+    path: str | os.PathLike[str], scores: dict[str, np.ndarray], grid_size: int
+) -> Path:
+    """Grid pointing game figure: box plot of each method's cell scores (``scores``: method ->
+    grids x cells), with the chance level 1/g²."""
+    from matplotlib.figure import Figure
+
+    names = list(scores)
+    n_grids = len(next(iter(scores.values()))) if scores else 0
+    fig = Figure(figsize=(1.2 + 1.3 * len(names), 3.6))
+    ax = fig.subplots()
+    ax.boxplot([np.asarray(scores[n]).ravel() for n in names], showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize=8)
+    ax.axhline(1 / grid_size**2, ls="--", c="gray", lw=1, label="uniform (1/g²)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("localisation score")
+    ax.set_title(f"grid pointing game, {n_grids} grids of {grid_size}²", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return Path(path)

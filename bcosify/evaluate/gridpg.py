@@ -495,57 +495,24 @@ class GridPGResult:
         return paths
 
     def plot_grids(self, path: str | os.PathLike[str], class_names: Sequence[str] | None = None):
-        """Figure: one row per example grid; the grid with the explained cell outlined, then
-        each method's smoothed positive attribution for that cell's class, with its score."""
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Rectangle
+        """Figure: one row per example grid (see :func:`bcosify.viz.gridpg_examples_figure`)."""
+        from bcosify.viz import gridpg_examples_figure
 
-        methods = list(self.scores)
-        rows = max(1, len(self.examples))
-        cols = 1 + len(methods)
-        fig = Figure(figsize=(2.6 * cols, 2.8 * rows))
-        axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
-        h, w = self.cell_size
-        for r, (image, cell, maps) in enumerate(self.examples):
-            grid_i = r
-            cls = self.grids[grid_i].classes[cell]
-            label = class_names[cls] if class_names is not None and cls < len(class_names) else cls
-            y, x = divmod(cell, self.grid_size)
-            axes[r, 0].imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
-            axes[r, 0].set_title(f"grid {grid_i}: class {label}", fontsize=8)
-            for c, name in enumerate(methods, start=1):
-                m = maps[name].cpu().numpy()
-                axes[r, c].imshow(m / m.max() if m.max() > 0 else m, cmap="inferno", vmin=0, vmax=1)
-                axes[r, c].set_title(f"{name}: {self.scores[name][grid_i, cell]:.2f}", fontsize=8)
-            for ax in axes[r]:
-                ax.add_patch(
-                    Rectangle((x * w - 0.5, y * h - 0.5), w, h, fill=False, ec="cyan", lw=1.5)
-                )
-        for ax in axes.ravel():
-            ax.set_axis_off()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        return Path(path)
+        return gridpg_examples_figure(
+            path,
+            self.examples,
+            self.grids,
+            self.scores,
+            self.grid_size,
+            self.cell_size,
+            class_names=class_names,
+        )
 
     def plot_boxplot(self, path: str | os.PathLike[str]):
-        """Figure: box plot of each method's cell scores, with the chance level 1/g²."""
-        from matplotlib.figure import Figure
+        """Figure: box plot of the cell scores (see :func:`bcosify.viz.gridpg_boxplot`)."""
+        from bcosify.viz import gridpg_boxplot
 
-        names = list(self.scores)
-        fig = Figure(figsize=(1.2 + 1.3 * len(names), 3.6))
-        ax = fig.subplots()
-        ax.boxplot([np.asarray(self.scores[n]).ravel() for n in names], showmeans=True)
-        ax.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize=8)
-        ax.axhline(1 / self.grid_size**2, ls="--", c="gray", lw=1, label="uniform (1/g²)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("localisation score")
-        ax.set_title(
-            f"grid pointing game, {len(self.grids)} grids of {self.grid_size}²", fontsize=9
-        )
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        return Path(path)
+        return gridpg_boxplot(path, self.scores, self.grid_size)
 
 
 def _needs_window(model: nn.Module, channels: int, size: int, norm) -> str:
