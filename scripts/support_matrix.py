@@ -48,23 +48,26 @@ import timm  # noqa: E402
 import torchvision  # noqa: E402
 
 import bcosify  # noqa: E402
-from bcosify import BcosConfig  # noqa: E402
 from bcosify.support import VERIFIED_MODELS  # noqa: E402
 from tests.helpers import (  # noqa: E402
     MEAN,
     STD,
-    calibrate,
     calibrate_batchnorm,
     input_dependence,
     pixel_completeness,
     randomize_norms,
     rel_err,
 )
+from tests.verification import (  # noqa: E402
+    EQUIVALENCE,
+    MIN_DEPENDENCE,
+    TOL,
+    completeness,
+    reinit_zero_weights,
+)
+from tests.verification import normalize as _normalize  # noqa: E402
 
-EQUIVALENCE = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
-TOL = 1e-4
 TOL64 = 1e-9  # float64 equivalence, where float32 rounding is amplified above TOL
-MIN_DEPENDENCE = 1e-2
 
 # The timm models the project names explicitly.
 TIMM_NAMED = [
@@ -153,18 +156,6 @@ def build(name: str, size: int | None = None) -> tuple[torch.nn.Module, int]:
     return model.eval(), s
 
 
-@torch.no_grad()
-def reinit_zero_weights(model: torch.nn.Module) -> torch.nn.Module:
-    """Layers initialised to zero (ViT heads) would give all-zero logits: give them random
-    weights."""
-    g = torch.Generator().manual_seed(2)
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and w is not None and not w.any():
-            w.copy_(torch.randn(w.shape, generator=g) / math.sqrt(w[0].numel()))
-    return model
-
-
 def check(name: str) -> dict:
     torch.manual_seed(0)
     row: dict = {"model": name, "library": "timm" if name.startswith("timm/") else "torchvision"}
@@ -206,9 +197,7 @@ def check(name: str) -> dict:
             expected = model(_normalize(x))
             row["equivalence"] = rel_err(equivalent(x), expected)
         del equivalent
-        calibrate(converted, x)
-        expl = bcosify.explain(converted, x)
-        row["completeness"] = pixel_completeness(expl)
+        expl, row["completeness"] = completeness(converted, x)
         row["constants"] = sorted(expl.constant_contributions)
         pixels = expl.explained_logit - expl.constant_total
         if float(pixels.abs().min()) <= 1e-6:
@@ -292,10 +281,6 @@ def _float64_equivalence(model: torch.nn.Module, x: torch.Tensor, row: dict) -> 
             g = torch.Generator().manual_seed(3)
             noise = 1 + 1e-15 * torch.randn(x64.shape, generator=g, dtype=torch.float64)
             row["source_float64_noise"] = rel_err(model64(_normalize(x64 * noise)), expected64)
-
-
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    return torchvision.transforms.functional.normalize(x, MEAN, STD)
 
 
 def _one_line(text: str) -> str:
