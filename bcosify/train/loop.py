@@ -2,7 +2,9 @@
 
 The loop follows Accelerate's canonical order: build the model, ``prepare``, ``backward``,
 ``gather_for_metrics``, ``save_state`` / ``load_state`` + ``skip_first_batches``, trackers.
-Launch it as is (one device), or under ``accelerate launch`` / ``torchrun`` (many).
+Launch it as is (one device), or under ``accelerate launch`` / ``torchrun`` (many). The run
+directory and checkpoints are :mod:`bcosify.train.checkpoint`; :func:`validate` is a plain
+function of the model and a loader.
 
 Output directory::
 
@@ -18,13 +20,11 @@ Output directory::
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,18 @@ from torch.utils.data import DataLoader, Dataset
 from bcosify import nn as bnn
 from bcosify.errors import BcosifyError
 from bcosify.evaluate.accuracy import topk_correct
+from bcosify.train.checkpoint import (
+    TrainingError,
+    TrainState,
+    check_output_dir,
+    keep_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    prepare_output_dir,
+    rng_state,
+    save_checkpoint,
+    write_json,
+)
 from bcosify.train.data import (
     SeededDataset,
     TransformedDataset,
@@ -49,32 +61,6 @@ __all__ = ["finetune", "FinetuneResult", "TrainState", "TrainingError", "latest_
 
 LABEL_FREE = ("distill", "align")
 """Losses that learn from the teacher and use no labels."""
-
-RECIPE_NAME = "recipe.yaml"
-STATE_NAME = "trainer_state.json"
-CHECKPOINTS = "checkpoints"
-
-
-class TrainingError(BcosifyError):
-    """The run cannot go on (non-finite loss, nothing to resume, output directory in the way)."""
-
-
-@dataclass
-class TrainState:
-    """Where a run is: the epoch, batches done in it, optimiser steps done in all."""
-
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    global_step: int = 0
-    history: list[dict] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "global_step": self.global_step,
-            "history": self.history,
-        }
 
 
 @dataclass
@@ -147,15 +133,6 @@ def finetune(
     finally:
         run._remove_taps()  # a failed run leaves the caller's model as it was given
         _release_accelerate_state()
-
-
-def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint of a run (one with its trainer state written), or None."""
-    root = Path(output_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    done = [p for p in root.iterdir() if p.name.startswith("step_") and (p / STATE_NAME).exists()]
-    return max(done, key=lambda p: int(p.name[5:]), default=None)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -259,9 +236,7 @@ class _Run:
 
         state = TrainState()
         if checkpoint is not None:
-            acc.load_state(str(checkpoint))
-            saved = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
-            state = TrainState(**saved)
+            state = load_checkpoint(acc, checkpoint)
             acc.print(f"resumed from {checkpoint} (epoch {state.epoch}, step {state.global_step})")
         acc.init_trackers("bcosify", config=_flat_config(r))
         if checkpoint is not None:
@@ -319,50 +294,18 @@ class _Run:
         return out
 
     def _check_output_dir(self) -> Path | None:
-        """Refuse an output directory in the way (nothing is written yet); the checkpoint to
-        resume from, if any."""
-        out = self.out
-        exists = self.existed = out.exists() and (not out.is_dir() or any(out.iterdir()))
-        checkpoint = None
-        if self.resume:
-            checkpoint = latest_checkpoint(out)
-            if checkpoint is None:
-                raise TrainingError(
-                    f"--resume: {out} holds no complete checkpoint to resume from; start the "
-                    "run without --resume"
-                )
-        elif exists:
-            if not self.overwrite:
-                raise TrainingError(
-                    f"the output directory {out} already exists and is not empty; pass "
-                    "--overwrite to replace it, --resume to continue its run, or choose another "
-                    "output (--output DIR)"
-                )
-            if not out.is_dir() or not (out / RECIPE_NAME).exists():
-                raise TrainingError(
-                    f"--overwrite: {out} does not look like a bcosify run (no {RECIPE_NAME}); "
-                    "refusing to delete it, choose another output"
-                )
+        checkpoint, self.existed = check_output_dir(self.out, self.resume, self.overwrite)
         return checkpoint
 
     def _create_output_dir(self, checkpoint: Path | None) -> None:
-        """Write the output directory, once the recipe, the data and the model are known good."""
-        acc, out = self.accelerator, self.out
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if self.existed and self.overwrite:
-                shutil.rmtree(out)
-            out.mkdir(parents=True, exist_ok=True)
-            if checkpoint is not None and (out / RECIPE_NAME).exists():
-                previous = (out / RECIPE_NAME).read_text(encoding="utf-8")
-                if previous != self.recipe.to_yaml():
-                    (out / "recipe.previous.yaml").write_text(previous, encoding="utf-8")
-                    acc.print(
-                        "note: the recipe differs from the one the run started with; the old one "
-                        "is kept as recipe.previous.yaml"
-                    )
-            (out / RECIPE_NAME).write_text(self.recipe.to_yaml(), encoding="utf-8")
-        acc.wait_for_everyone()
+        prepare_output_dir(
+            self.accelerator,
+            self.out,
+            self.recipe.to_yaml(),
+            checkpoint,
+            self.existed,
+            self.overwrite,
+        )
 
     def _student(self, data_classes: int | None) -> nn.Module:
         import bcosify
@@ -588,7 +531,7 @@ class _Run:
                     from accelerate import skip_first_batches
 
                     skipped = skip_first_batches(train_loader, state.batch_in_epoch)
-                    loader = _keep_rng(skipped, _rng_state())
+                    loader = keep_rng(skipped, rng_state())
                 if not self._epoch(loader, mixup, bar, self.batches_per_epoch):
                     self._end_epoch(val_loader, partial=True)  # max_steps inside an epoch
                     break
@@ -763,47 +706,20 @@ class _Run:
             + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
         )
         if acc.is_main_process:
-            _write_json(self.out / "metrics.json", state.history)
+            write_json(self.out / "metrics.json", state.history)
             self._explain_fixed(epoch)
         self._checkpoint()  # also when max_steps stops mid-epoch: a later --resume can go on
         return metrics
 
-    @torch.no_grad()
     def _validate(self, loader) -> dict:
-        acc = self.accelerator
-        model = self.ema.module if self.ema is not None else self.student
-        was = model.training
-        model.eval()
-        correct1 = correct5 = total = agree = 0
-        loss_sum = 0.0
-        k = min(5, self.num_classes)
-        loss_fn = getattr(self.loss_fn, "logit_loss", self.loss_fn)  # align: its KL part
-        for images, labels in loader:
-            logits = model(images)
-            if self.teacher is not None:
-                target = self._teacher_logits(images)
-            else:
-                target = labels
-            loss = loss_fn(logits, target) * images.shape[0]
-            if self.teacher is not None:
-                same = (logits.argmax(1) == target.argmax(1)).long()
-                agree += int(acc.gather_for_metrics(same).sum())
-            logits, labels = acc.gather_for_metrics((logits.float(), labels))
-            loss_sum += float(acc.reduce(loss.detach(), "sum"))
-            c1, ck = topk_correct(logits, labels, k)
-            correct1 += c1
-            correct5 += ck
-            total += labels.shape[0]
-        model.train(was)
-        total = max(total, 1)
-        out = {
-            "val/loss": loss_sum / total,
-            "val/top1": 100.0 * correct1 / total,
-            f"val/top{k}": 100.0 * correct5 / total,
-        }
-        if self.teacher is not None:
-            out["val/agree"] = 100.0 * agree / total  # top-1 agreement with the teacher
-        return out
+        return validate(
+            self.ema.module if self.ema is not None else self.student,
+            loader,
+            self.accelerator,
+            getattr(self.loss_fn, "logit_loss", self.loss_fn),  # align: its KL part
+            self.num_classes,
+            self._teacher_logits if self.teacher is not None else None,
+        )
 
     def _explain_fixed(self, epoch: int) -> None:
         if self.fixed_images is None:
@@ -820,27 +736,7 @@ class _Run:
         e.save_figures(out, names=names, class_names=getattr(self, "class_names", None))
 
     def _checkpoint(self) -> None:
-        acc, state = self.accelerator, self.state
-        root = self.out / CHECKPOINTS
-        final = root / f"step_{state.global_step:08d}"
-        tmp = root / f".tmp-{final.name}"
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            _write_json(tmp / STATE_NAME, state.to_dict())
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            done = sorted(
-                (p for p in root.iterdir() if p.name.startswith("step_")),
-                key=lambda p: int(p.name[5:]),
-            )
-            for old in done[: -self.recipe.train.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+        save_checkpoint(self.accelerator, self.out, self.state, self.recipe.train.keep_checkpoints)
 
     def _remove_taps(self) -> None:
         from bcosify.train.align import remove_taps
@@ -876,46 +772,44 @@ class _Run:
         )
 
 
+# ---------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model, loader, acc, loss_fn, num_classes: int, teacher_logits=None) -> dict:
+    """Loss, top-1 and top-k (k = 5, or the number of classes) of ``model`` on ``loader``,
+    gathered over all processes; with ``teacher_logits`` (images -> logits), the loss is against
+    the teacher and ``val/agree`` is the top-1 agreement with it. Leaves the training flag as it
+    was."""
+    was = model.training
+    model.eval()
+    correct1 = correctk = total = agree = 0
+    loss_sum = 0.0
+    k = min(5, num_classes)
+    for images, labels in loader:
+        logits = model(images)
+        target = teacher_logits(images) if teacher_logits is not None else labels
+        loss = loss_fn(logits, target) * images.shape[0]
+        if teacher_logits is not None:
+            same = (logits.argmax(1) == target.argmax(1)).long()
+            agree += int(acc.gather_for_metrics(same).sum())
+        logits, labels = acc.gather_for_metrics((logits.float(), labels))
+        loss_sum += float(acc.reduce(loss.detach(), "sum"))
+        c1, ck = topk_correct(logits, labels, k)
+        correct1 += c1
+        correctk += ck
+        total += labels.shape[0]
+    model.train(was)
+    total = max(total, 1)
+    out = {
+        "val/loss": loss_sum / total,
+        "val/top1": 100.0 * correct1 / total,
+        f"val/top{k}": 100.0 * correctk / total,
+    }
+    if teacher_logits is not None:
+        out["val/agree"] = 100.0 * agree / total
+    return out
+
+
 # ---------------------------------------------------------------------------- helpers
-def _rng_state() -> tuple:
-    import random
-
-    import numpy as np
-
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: tuple) -> None:
-    import random
-
-    import numpy as np
-
-    py, np_state, cpu, cuda = state
-    random.setstate(py)
-    np.random.set_state(np_state)
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _keep_rng(loader, state: tuple):
-    """Iterate ``loader`` but undo the global-RNG draws of starting it.
-
-    Starting a DataLoader iterator draws its worker base seed from the global RNG. The
-    uninterrupted run made that draw at the start of the epoch, before the checkpoint that a
-    resumed run restores, so the resumed run must not make it again, or dropout and mixup would
-    draw different numbers from then on.
-    """
-    it = iter(loader)
-    first = next(it, None)
-    _set_rng_state(state)
-    if first is None:
-        return
-    yield first
-    yield from it
-
-
 def _target_b(model: nn.Module) -> list[tuple[nn.Module, float]]:
     units = (bnn.BcosConv2d, bnn.BcosLinear)
     return [(m, float(m.b)) for m in model.modules() if isinstance(m, units)]
@@ -970,13 +864,6 @@ def _flat_config(recipe: Recipe) -> dict:
 
     walk("", recipe.to_dict())
     return flat
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _plot_curves(history: list[dict], path: Path, log_csv: Path | None = None) -> None:
