@@ -202,14 +202,14 @@ MUTATIONS: list[Mutation] = [
     _m(
         "train: optimizer.zero_grad() removed",
         "bcosify/train/loop.py",
-        ("                self.optimizer.zero_grad(set_to_none=True)\n", ""),
+        ("            optimizer.zero_grad(set_to_none=True)\n", ""),
         "tests/test_train.py::test_three_steps_equal_hand_written_adamw",
     ),
     _m(
         "train: adaptive gradient clipping never applied",
         "bcosify/train/loop.py",
         (
-            "if acc.sync_gradients and r.train.agc is not None:",
+            "if acc.sync_gradients and agc is not None:",
             "if False:",
         ),
         MATHS,
@@ -229,7 +229,10 @@ MUTATIONS: list[Mutation] = [
     _m(
         "train: mixup mixes the images but the loss gets the hard labels",
         "bcosify/train/loop.py",
-        ("images, labels = mixup(images, labels)", "images, _ = mixup(images, labels)"),
+        (
+            "images, labels = self.mixup_fn(images, labels)",
+            "images, _ = self.mixup_fn(images, labels)",
+        ),
         MATHS,
     ),
     _m(
@@ -242,8 +245,8 @@ MUTATIONS: list[Mutation] = [
         "train: the EMA is updated without its step (no copy on the first update)",
         "bcosify/train/loop.py",
         (
-            "self.ema.update(acc.unwrap_model(model), step=state.global_step)",
-            "self.ema.update(acc.unwrap_model(model))",
+            "ema.update(acc.unwrap_model(model), step=state.global_step)",
+            "ema.update(acc.unwrap_model(model))",
         ),
         MATHS,
     ),

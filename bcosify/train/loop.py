@@ -153,6 +153,35 @@ class _Run:
         self.user_val = val_ds
         self.callbacks = list(callbacks)
         self.out = Path(recipe.output).expanduser()
+        # set up by __call__ (in this order), then read by the training methods
+        self.accelerator: Any = None
+        self.existed = False  # the output directory held something before the run
+        self.source_model: nn.Module | None = None  # built from recipe.model, the teacher
+        self.student: nn.Module | None = None
+        self.num_classes = 0
+        self.teacher: nn.Module | None = None
+        self.teacher_normalize: Any = None
+        self.align_nodes: list = []
+        self.taps: Any = None  # the student's feature taps (train.loss: align)
+        self.fixed_images: torch.Tensor | None = None
+        self.steps_per_epoch: int | None = None
+        self.batches_per_epoch: int | None = None
+        self.class_names: list[str] | None = None
+        self.mixup: Any = None
+        self.val_loader: Any = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.ema: Any = None
+        self.loss_fn: nn.Module | None = None
+        self.target_b: list = []
+        self.state = TrainState()
+        # per epoch: the progress bar, images seen, losses since the last log
+        self.print_progress = False
+        self.bar: Any = None
+        self.mixup_fn: Any = None
+        self.seen, self.t0 = 0, 0.0
+        self.running: list = []
+        self.running_parts: list = []
 
     # ------------------------------------------------------------------ setup
     def __call__(self) -> FinetuneResult:
@@ -341,7 +370,7 @@ class _Run:
             teacher = self.user_teacher
         elif d.teacher != "source":
             teacher = bcosify.build_model(d.teacher, d.teacher_weights)
-        elif getattr(self, "source_model", None) is not None:
+        elif self.source_model is not None:
             teacher = self.source_model
         else:
             source = getattr(student, "bcosify_source", {}) or {}
@@ -414,7 +443,7 @@ class _Run:
     def _steps_per_epoch(self, loader: DataLoader) -> int | None:
         """Optimiser steps per epoch (None for a stream); sets ``batches_per_epoch``, the batches
         each process sees per epoch (what ``len`` of the prepared loader gives, with drop_last)."""
-        self.batches_per_epoch: int | None = None
+        self.batches_per_epoch = None
         try:
             batches = len(loader)
         except TypeError:
@@ -549,94 +578,99 @@ class _Run:
 
     def _epoch(self, loader, mixup, bar, batches: int | None) -> bool:
         """One (rest of an) epoch; False when max_steps stopped it before its end."""
-        acc, r, state = self.accelerator, self.recipe, self.state
-        model = self.student
-        model.train()
-        seen, t0, running, running_parts = 0, time.perf_counter(), [], []
-        for images, labels in loader:
-            with acc.accumulate(model):
-                if self.teacher is None:
-                    self._check_labels(labels)
-                if mixup is not None:
-                    images, labels = mixup(images, labels)
-                if self.taps is not None:
-                    loss, parts = self._align_loss(model, images)
-                    running_parts.append(parts)
-                else:
-                    logits = model(images)
-                    if self.teacher is not None:
-                        with torch.no_grad(), acc.autocast():
-                            target = self._teacher_logits(images)
-                    else:
-                        target = labels
-                    loss = self.loss_fn(logits, target)
-                self._check_finite(loss)
-                acc.backward(loss)
-                if acc.sync_gradients and r.train.agc is not None:
-                    from timm.utils import adaptive_clip_grad
+        acc = self.accelerator
+        self.mixup_fn = mixup
+        self.bar = bar
+        self.seen, self.t0, self.running, self.running_parts = 0, time.perf_counter(), [], []
+        return train_one_epoch(
+            self.student,
+            loader,
+            acc=acc,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state,
+            compute_loss=self._batch_loss,
+            agc=self.recipe.train.agc,
+            ema=self.ema,
+            on_batch=self._on_batch,
+            after_step=self._after_step,
+            batches=batches,
+        )
 
-                    acc.unscale_gradients()
-                    adaptive_clip_grad(model.parameters(), clip_factor=r.train.agc)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            state.batch_in_epoch += 1
-            seen += images.shape[0] * acc.num_processes
-            running.append(loss.detach())
-            if not acc.sync_gradients:
-                continue
-            self.scheduler.step()
-            state.global_step += 1
-            self._set_b(state.global_step)
-            if self.ema is not None:
-                self.ema.update(acc.unwrap_model(model), step=state.global_step)
-            lr = self.scheduler.get_last_lr()[0]
-            rate = seen / max(1e-9, time.perf_counter() - t0)
-            if state.global_step % r.log.log_every_steps == 0:
-                # a collective: every process reaches it at the same step
-                mean_loss = float(acc.reduce(torch.stack(running).mean(), "mean"))
-                running = []
-                values = {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate}
-                if running_parts:
-                    values.update(_mean_parts(acc, running_parts))
-                    running_parts = []
-                acc.log(values, step=state.global_step)
-                if getattr(self, "print_progress", False):
-                    acc.print(
-                        f"step {state.global_step}/{self.total_steps}: "
-                        + ", ".join(
-                            f"{k[6:]} {v:.4g}"
-                            for k, v in values.items()
-                            if "/" in k and k.startswith("train/") and k != "train/images_per_s"
-                        )
-                        + f", {rate:.1f} img/s"
+    def _batch_loss(self, model, images: torch.Tensor, labels: torch.Tensor):
+        """(loss, loss parts or None, the images the model saw) of one micro-batch."""
+        if self.teacher is None:
+            self._check_labels(labels)
+        if self.mixup_fn is not None:
+            images, labels = self.mixup_fn(images, labels)
+        parts = None
+        if self.taps is not None:
+            loss, parts = self._align_loss(model, images)
+        else:
+            logits = model(images)
+            if self.teacher is not None:
+                with torch.no_grad(), self.accelerator.autocast():
+                    target = self._teacher_logits(images)
+            else:
+                target = labels
+            loss = self.loss_fn(logits, target)
+        self._check_finite(loss)
+        return loss, parts, images
+
+    def _on_batch(self, loss: torch.Tensor, parts: dict | None, images: torch.Tensor) -> None:
+        self.seen += images.shape[0] * self.accelerator.num_processes
+        self.running.append(loss.detach())
+        if parts is not None:
+            self.running_parts.append(parts)
+
+    def _after_step(self, loss: torch.Tensor, batches: int | None) -> bool:
+        """Logging, progress, evaluation, checkpoint and callbacks after an optimiser step;
+        True when the run is done (max_steps)."""
+        acc, r, state = self.accelerator, self.recipe, self.state
+        model, bar = self.student, self.bar
+        self._set_b(state.global_step)
+        lr = self.scheduler.get_last_lr()[0]
+        rate = self.seen / max(1e-9, time.perf_counter() - self.t0)
+        if state.global_step % r.log.log_every_steps == 0:
+            # a collective: every process reaches it at the same step
+            mean_loss = float(acc.reduce(torch.stack(self.running).mean(), "mean"))
+            self.running = []
+            values = {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate}
+            if self.running_parts:
+                values.update(_mean_parts(acc, self.running_parts))
+                self.running_parts = []
+            acc.log(values, step=state.global_step)
+            if self.print_progress:
+                acc.print(
+                    f"step {state.global_step}/{self.total_steps}: "
+                    + ", ".join(
+                        f"{k[6:]} {v:.4g}"
+                        for k, v in values.items()
+                        if "/" in k and k.startswith("train/") and k != "train/images_per_s"
                     )
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    epoch=state.epoch + 1,
-                    loss=f"{float(loss.detach()):.4f}",
-                    lr=f"{lr:.2e}",
-                    img_s=f"{rate:.1f}",
+                    + f", {rate:.1f} img/s"
                 )
-            every = r.train.checkpoint_every_steps
-            last_batch = batches is not None and state.batch_in_epoch >= batches
-            n = r.train.eval_every_steps
-            evaluate = n and state.global_step % n == 0 and not (last_batch or self._done())
-            if evaluate and self.val_loader is not None:
-                acc.log(self._validate(self.val_loader), step=state.global_step)
-                model.train()
-            if every and state.global_step % every == 0 and not last_batch:
-                self._checkpoint()  # (the epoch end writes its own)
-            for cb in self.callbacks:
-                if hasattr(cb, "on_step_end"):
-                    cb.on_step_end(state, acc.unwrap_model(model))
-            if self._done() and (batches is None or state.batch_in_epoch < batches):
-                return False
-            if self._done():
-                break
-        state.epoch += 1
-        state.batch_in_epoch = 0
-        return True
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(
+                epoch=state.epoch + 1,
+                loss=f"{float(loss.detach()):.4f}",
+                lr=f"{lr:.2e}",
+                img_s=f"{rate:.1f}",
+            )
+        every = r.train.checkpoint_every_steps
+        last_batch = batches is not None and state.batch_in_epoch >= batches
+        n = r.train.eval_every_steps
+        evaluate = n and state.global_step % n == 0 and not (last_batch or self._done())
+        if evaluate and self.val_loader is not None:
+            acc.log(self._validate(self.val_loader), step=state.global_step)
+            model.train()
+        if every and state.global_step % every == 0 and not last_batch:
+            self._checkpoint()  # (the epoch end writes its own)
+        for cb in self.callbacks:
+            if hasattr(cb, "on_step_end"):
+                cb.on_step_end(state, acc.unwrap_model(model))
+        return self._done()
 
     def _align_loss(self, model, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
         acc = self.accelerator
@@ -733,7 +767,7 @@ class _Run:
         e = bcosify.explain(model, x)
         names = [f"image_{i}" for i in range(x.shape[0])]
         out = self.out / "explanations" / f"epoch_{epoch:03d}"
-        e.save_figures(out, names=names, class_names=getattr(self, "class_names", None))
+        e.save_figures(out, names=names, class_names=self.class_names)
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.accelerator, self.out, self.state, self.recipe.train.keep_checkpoints)
@@ -741,10 +775,10 @@ class _Run:
     def _remove_taps(self) -> None:
         from bcosify.train.align import remove_taps
 
-        if getattr(self, "taps", None) is None:
+        if self.taps is None:
             return
         self.taps.remove()
-        if getattr(self, "ema", None) is not None:
+        if self.ema is not None:
             remove_taps(self.ema.module)
 
     def _finish(self) -> FinetuneResult:
@@ -770,6 +804,69 @@ class _Run:
             metrics=list(self.state.history),
             global_step=self.state.global_step,
         )
+
+
+# ---------------------------------------------------------------------------- one epoch
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    *,
+    acc,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    state: TrainState,
+    compute_loss,
+    agc: float | None = None,
+    ema=None,
+    on_batch=None,
+    after_step=None,
+    batches: int | None = None,
+) -> bool:
+    """One (rest of an) epoch in Accelerate's canonical order: per micro-batch, under
+    ``accumulate``, the loss, ``backward``, AGC on the synchronised step (Brock et al. 2021, timm's
+    ``adaptive_clip_grad``), ``optimizer.step`` and ``zero_grad`` (Accelerate skips the step
+    until the gradients are accumulated); per optimiser step, the scheduler, the step count and
+    the EMA.
+
+    Args:
+        compute_loss: ``(model, images, labels) -> (loss, parts or None, images seen)``.
+        on_batch: ``(loss, parts, images)`` after every micro-batch.
+        after_step: ``(loss, batches) -> done`` after every optimiser step; True stops the
+            epoch (max_steps).
+        batches: the batches of a full epoch, when known.
+
+    Returns:
+        False when ``after_step`` stopped the epoch before its last batch, else True (then
+        ``state.epoch`` counts it and ``state.batch_in_epoch`` is reset).
+    """
+    model.train()
+    for images, labels in loader:
+        with acc.accumulate(model):
+            loss, parts, images = compute_loss(model, images, labels)
+            acc.backward(loss)
+            if acc.sync_gradients and agc is not None:
+                from timm.utils import adaptive_clip_grad
+
+                acc.unscale_gradients()
+                adaptive_clip_grad(model.parameters(), clip_factor=agc)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        state.batch_in_epoch += 1
+        if on_batch is not None:
+            on_batch(loss, parts, images)
+        if not acc.sync_gradients:
+            continue
+        scheduler.step()
+        state.global_step += 1
+        if ema is not None:
+            ema.update(acc.unwrap_model(model), step=state.global_step)
+        if after_step is not None and after_step(loss, batches):
+            if batches is None or state.batch_in_epoch < batches:
+                return False
+            break
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    return True
 
 
 # ---------------------------------------------------------------------------- validation
