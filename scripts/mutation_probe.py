@@ -230,8 +230,8 @@ MUTATIONS: list[Mutation] = [
         "train: mixup mixes the images but the loss gets the hard labels",
         "bcosify/train/loop.py",
         (
-            "images, labels = self.mixup_fn(images, labels)",
-            "images, _ = self.mixup_fn(images, labels)",
+            "images, labels = self.mixup(images, labels)",
+            "images, _ = self.mixup(images, labels)",
         ),
         MATHS,
     ),

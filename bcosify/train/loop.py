@@ -167,7 +167,7 @@ class _Run:
         self.steps_per_epoch: int | None = None
         self.batches_per_epoch: int | None = None
         self.class_names: list[str] | None = None
-        self.mixup: Any = None
+        self.mixup: Any = None  # timm's Mixup, or None
         self.val_loader: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
@@ -178,7 +178,6 @@ class _Run:
         # per epoch: the progress bar, images seen, losses since the last log
         self.print_progress = False
         self.bar: Any = None
-        self.mixup_fn: Any = None
         self.seen, self.t0 = 0, 0.0
         self.running: list = []
         self.running_parts: list = []
@@ -540,7 +539,6 @@ class _Run:
     # ------------------------------------------------------------------ training
     def _train(self, train_loader, val_loader) -> None:
         acc, r, state = self.accelerator, self.recipe, self.state
-        mixup = self.mixup
         bar = None
         if r.log.progress_bar and acc.is_local_main_process:
             from tqdm.auto import tqdm
@@ -561,7 +559,7 @@ class _Run:
 
                     skipped = skip_first_batches(train_loader, state.batch_in_epoch)
                     loader = keep_rng(skipped, rng_state())
-                if not self._epoch(loader, mixup, bar, self.batches_per_epoch):
+                if not self._epoch(loader, bar, self.batches_per_epoch):
                     self._end_epoch(val_loader, partial=True)  # max_steps inside an epoch
                     break
                 metrics = self._end_epoch(val_loader)
@@ -576,10 +574,9 @@ class _Run:
         m = self.recipe.train.max_steps
         return m is not None and self.state.global_step >= m
 
-    def _epoch(self, loader, mixup, bar, batches: int | None) -> bool:
+    def _epoch(self, loader, bar, batches: int | None) -> bool:
         """One (rest of an) epoch; False when max_steps stopped it before its end."""
         acc = self.accelerator
-        self.mixup_fn = mixup
         self.bar = bar
         self.seen, self.t0, self.running, self.running_parts = 0, time.perf_counter(), [], []
         return train_one_epoch(
@@ -601,8 +598,8 @@ class _Run:
         """(loss, loss parts or None, the images the model saw) of one micro-batch."""
         if self.teacher is None:
             self._check_labels(labels)
-        if self.mixup_fn is not None:
-            images, labels = self.mixup_fn(images, labels)
+        if self.mixup is not None:
+            images, labels = self.mixup(images, labels)
         parts = None
         if self.taps is not None:
             loss, parts = self._align_loss(model, images)
