@@ -90,6 +90,32 @@ def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model
 
 
+def small_cnn(num_classes: int) -> nn.Module:
+    """A seeded conv-ReLU-conv-pool-linear classifier without BatchNorm, in eval mode (its
+    gradients do not depend on how a batch is split)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    ).eval()
+
+
+def small_vit(num_layers: int = 3) -> nn.Module:
+    """A torchvision ViT on 32 px images (4x4 patches of 8 px, width 32), in eval mode, its
+    head given random weights (torchvision starts it at zero)."""
+    import torchvision
+
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=num_layers, num_heads=2, hidden_dim=32, mlp_dim=64
+    )
+    nn.init.normal_(vit.heads.head.weight, std=0.2)
+    return vit.eval()
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|."""
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))

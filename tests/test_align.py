@@ -18,7 +18,7 @@ from bcosify.train.align import (
     align_nodes,
     feature_distance,
 )
-from tests.helpers import calibrate_batchnorm
+from tests.helpers import calibrate_batchnorm, small_vit
 
 EXACT = bcosify.BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
 HALF = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -27,14 +27,6 @@ HALF = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
 def _calibrated(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     """Random BatchNorm statistics make outputs almost input-blind; set them from a batch."""
     return calibrate_batchnorm(model, (x - 0.5) / 0.5)
-
-
-def _small_vit() -> torch.nn.Module:
-    vit = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64
-    )
-    torch.nn.init.normal_(vit.heads.head.weight, std=0.2)  # torchvision starts it at zero
-    return vit.eval()
 
 
 def _distances(source, student, nodes, x):
@@ -81,7 +73,7 @@ def test_node_map_survives_copy_and_save_load(tmp_path):
 
 
 def test_node_map_of_transformers_and_channels_last_blocks():
-    vit = bcosify.convert(_small_vit(), **HALF)
+    vit = bcosify.convert(small_vit(), **HALF)
     nm = bcosify.node_map(vit)
     assert nm.blocks == [f"encoder.layers.encoder_layer_{i}" for i in range(3)]
     assert nm.features is not None  # the class token the head reads
@@ -105,7 +97,7 @@ def test_exact_start_has_zero_loss_and_a_perturbation_is_seen_downstream_only(ar
     size = 32 if arch != "resnet18" else 64
     x = torch.rand(4, 3, size, size)
     if arch == "vit":
-        source = _small_vit()
+        source = small_vit()
     else:
         source = _calibrated(getattr(torchvision.models, arch)(), x)
     with torch.no_grad():  # the source must see its input

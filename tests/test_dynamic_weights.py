@@ -26,7 +26,13 @@ from torch import nn
 import bcosify
 from bcosify import nn as bnn
 from bcosify.nn.mode import DetachableModule
-from tests.helpers import calibrate, calibrate_batchnorm, pixel_completeness, rel_err
+from tests.helpers import (
+    calibrate,
+    calibrate_batchnorm,
+    pixel_completeness,
+    rel_err,
+    small_vit,
+)
 
 HALF = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
 
@@ -208,11 +214,7 @@ def _source(arch: str) -> tuple[nn.Module, int]:
         return SmallCNN(), 32
     if arch == "resnet18":
         return torchvision.models.resnet18(num_classes=10), 64
-    vit = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
-    )
-    nn.init.normal_(vit.heads.head.weight, std=0.2)  # torchvision starts it at zero
-    return vit, 32
+    return small_vit(num_layers=2), 32
 
 
 def _converted(arch: str, **kwargs) -> tuple[nn.Module, torch.Tensor]:

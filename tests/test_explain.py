@@ -7,7 +7,7 @@ from PIL import Image
 
 import bcosify
 from bcosify import BcosifyError
-from tests.helpers import MEAN, STD, calibrate
+from tests.helpers import MEAN, STD, calibrate, small_cnn
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +104,7 @@ def test_pixel_completeness_error_sees_what_the_logit_bias_hides(model):
 def test_kept_biases_are_constant_terms_of_each_sample():
     """With biases kept (B=2), every bias is reported as a constant term, and contributions
     plus constants equal the logit, checked where the kept biases are a large part of it."""
-    torch.manual_seed(0)
-    source = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8, 4),
-    ).eval()
+    source = small_cnn(4)
     with torch.no_grad():
         for m in source:
             if getattr(m, "bias", None) is not None:

@@ -21,22 +21,13 @@ import bcosify.train.loop as loop
 from bcosify import nn as bnn
 from bcosify.train import finetune
 from bcosify.train.losses import BCEWithOffTargets
-from tests.helpers import calibrate
+from tests.helpers import calibrate, small_cnn
 
 LR = 0.5
 
 
 def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    source = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8, 3),
-    ).eval()
-    model = bcosify.convert(source, mean=(0.5,) * 3, std=(0.5,) * 3)
+    model = bcosify.convert(small_cnn(3), mean=(0.5,) * 3, std=(0.5,) * 3)
     return calibrate(model, _tensors(_data())[0])  # gradients of a useful size
 
 
