@@ -1,7 +1,12 @@
-"""Shared helpers for the conversion tests."""
+"""Shared helpers for the tests."""
 
 from __future__ import annotations
 
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,3 +134,25 @@ def pixel_completeness(expl) -> float:
     total = expl.contributions.flatten(1).sum(1)
     tiny = torch.finfo(pixels.dtype).tiny
     return float(((total - pixels).abs() / pixels.abs().clamp_min(tiny)).max())
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a gzipped unsigned-byte IDX file (the Fashion-MNIST format)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def fake_fashion_mnist(
+    folder: Path, n_train: int = 600, n_test: int = 200, classes: int = 10
+) -> Path:
+    """Easy classes: class c of k is a 28x28 image of grey level 20 + 210 c / (k - 1), noisy."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % classes
+        rng.shuffle(labels)
+        step = 210.0 / max(1, classes - 1)
+        images = 20.0 + step * labels[:, None, None] + rng.normal(0, 6, (n, 28, 28))
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", np.clip(images, 0, 255))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import fake_fashion_mnist, write_idx
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,30 +29,9 @@ def _load_script():
 rep = _load_script()
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-
-
-def _fake_fashion_mnist(
-    folder: Path, n_train: int = 600, n_test: int = 200, classes: int = 10
-) -> Path:
-    """Easy classes: class c of k is a 28x28 image of grey level 20 + 210 c / (k - 1), noisy."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n) % classes
-        rng.shuffle(labels)
-        step = 210.0 / max(1, classes - 1)
-        images = 20.0 + step * labels[:, None, None] + rng.normal(0, 6, (n, 28, 28))
-        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", np.clip(images, 0, 255))
-        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
-    return folder
-
-
 def test_read_idx_roundtrip_and_errors(tmp_path):
     a = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
-    _write_idx(tmp_path / "x-ubyte.gz", a)
+    write_idx(tmp_path / "x-ubyte.gz", a)
     np.testing.assert_array_equal(rep.read_idx(tmp_path / "x-ubyte.gz"), a)
     bad = tmp_path / "bad-ubyte.gz"
     bad.write_bytes(gzip.compress(struct.pack(">HBB", 0, 0x0D, 1) + b"\0" * 8))
@@ -127,7 +108,7 @@ def test_stratified_subset_is_balanced_and_seeded():
 
 def test_quick_run_on_fake_data(tmp_path):
     # four very different classes: a grid needs four that every barely trained model gets right
-    data = _fake_fashion_mnist(tmp_path / "data", classes=4)
+    data = fake_fashion_mnist(tmp_path / "data", classes=4)
     out, root = tmp_path / "out", tmp_path / "root"
     argv = ["--quick", "--threads", "1", "--data-dir", str(data), "--out", str(out)]
     assert rep.main([*argv, "--publish", "--root", str(root)]) == 0
