@@ -13,6 +13,7 @@ __all__ = ["BcosConfig"]
 
 _ACTIVATIONS = ("remove", "keep", "exact")
 _MAXPOOLS = ("avg", "keep")
+_PRODUCTS = ("detach", "error")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,18 @@ class BcosConfig:
             encoding before the norm, so its border patches differ from the published
             convention; where the normalisation cannot be folded, the first layer sees the
             normalised encoding anyway.)
+        products: what to do with a product of two input-dependent tensors that bcosify does not
+            recognise as a gate (a sigmoid/tanh/softmax scaling a tensor) or an attention matrix:
+            gating and modulation (gMLP, StarNet, FocalNet, ResNeSt's split attention), linear
+            attention, a division by an input-dependent tensor (normalisations written out from
+            ``var``/``sqrt``/``norm``), ``x ** p``. ``"detach"`` (default) makes one factor a
+            dynamic weight, detached in explanation mode, by the policy of docs/rules.md
+            ("Products"): the divisor of a division; of a product, the factor computed through a
+            saturating non-linearity (softmax, sigmoid, tanh), else the right-hand factor of
+            ``a * b`` (``x * modulation``) and the left-hand factor of ``a @ b`` (``weights @
+            values``, as in attention). The forward is unchanged and explanations stay exact;
+            every detached factor is in the conversion report. ``"error"`` reports such products
+            as unsupported instead.
 
     Example:
         >>> cfg = BcosConfig(b=1, keep_bias=True, activation="exact", maxpool="keep")
@@ -67,6 +80,7 @@ class BcosConfig:
     leaf_modules: tuple[str, ...] = field(default_factory=tuple)
     head_before_pool: bool = True
     first_layer_norm: Literal["raw", "normalized"] = "raw"
+    products: Literal["detach", "error"] = "detach"
 
     def __post_init__(self) -> None:
         if isinstance(self.b, bool) or not isinstance(self.b, (int, float)) or not self.b >= 1:
@@ -80,6 +94,10 @@ class BcosConfig:
             raise BcosifyError(
                 "BcosConfig.first_layer_norm must be 'raw' or 'normalized', got "
                 f"{self.first_layer_norm!r}"
+            )
+        if self.products not in _PRODUCTS:
+            raise BcosifyError(
+                f"BcosConfig.products must be one of {_PRODUCTS}, got {self.products!r}"
             )
         if self.maxpool not in _MAXPOOLS:
             raise BcosifyError(

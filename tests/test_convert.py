@@ -518,3 +518,27 @@ def test_the_head_moves_before_every_pooling_idiom(idiom):
     x = torch.rand(2, 3, 10, 10)
     ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
     torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_an_optional_input_is_traced_at_its_default():
+    # a masked-image model's forward(x, mask=None): the classifier is model(x); traced as a
+    # tensor the mask would become a required input (and a product of two inputs)
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x, mask=None):
+            if mask is not None:
+                x = x * mask
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    model = Masked().eval()
+    x = torch.rand(2, 3, 8, 8)
+    eq = assert_equivalent(model, x)
+    assert [n.name for n in eq.graph.nodes if n.op == "placeholder"][0] == "x"
+    conv = bcosify.convert(model, mean=MEAN, std=STD)
+    assert conv(x).shape == (2, 3)
+    with pytest.raises(AssertionError, match="specialized to have value None"):
+        conv(x, torch.ones_like(x))

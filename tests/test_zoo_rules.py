@@ -310,7 +310,7 @@ def test_scalar_constants_and_subtraction():
     assert sum(1 for k in expl.constant_contributions if k.endswith(".constant")) == 2
 
 
-def test_product_of_two_activations_is_the_one_clear_error():
+def test_product_of_two_activations_is_the_one_clear_error_or_a_detached_factor():
     class Bilinear(nn.Module):
         def __init__(self):
             super().__init__()
@@ -322,9 +322,12 @@ def test_product_of_two_activations_is_the_one_clear_error():
             return (self.a(x) @ self.b(x).transpose(1, 2)).flatten(1)
 
     with pytest.raises(UnsupportedLayerError) as info:
-        bcosify.convert(Bilinear(), mean=MEAN, std=STD)
+        bcosify.convert(Bilinear(), BcosConfig(products="error"), mean=MEAN, std=STD)
     assert len(info.value.nodes) == 1
     assert "neither is an attention matrix" in str(info.value)
+    # the default product policy detaches the left-hand factor: exact, and reported
+    conv, _ = check(_randomize_all(Bilinear()), torch.rand(2, 3, 3, 4))
+    assert conv.conversion_report.counts()[("inserted", "DetachableGate (product policy)")] == 1
 
 
 def test_timm_norm_act_layers_keep_their_activation():

@@ -30,6 +30,8 @@ class RewriteContext:
         self.report = report
         self.unsupported_nodes: list[tuple[str, str, str]] = []
         self.dependent = _input_dependent(gm.graph)
+        # products whose factor is detached by the product policy: node -> (operand index, why)
+        self.detach_policy: dict[fx.Node, tuple[int, str]] = {}
         self.gates, self.gate_branch = _find_gates(self)
         self.projections = _find_projections(self)
         self._replaced: dict[str, Any] = {}
@@ -106,14 +108,30 @@ class RewriteContext:
         mul.replace_input_with(gate, detached)
         self.record(mul, "inserted", "DetachableGate (x * gate)")
 
+    def detach_operand(self, node: fx.Node, index: int, why: str) -> None:
+        """Detach the operand at ``node.args[index]`` alone in explanation mode (``x * x``
+        keeps its other occurrence)."""
+        operand = node.args[index]
+        name = self.add_submodule(f"{operand.name}_detach", bnn.DetachableGate())
+        with self.graph.inserting_before(node):
+            detached = self.graph.call_module(name, (operand,))
+        detached.meta = dict(operand.meta)
+        self.dependent.add(detached)
+        args = list(node.args)
+        args[index] = detached
+        node.args = tuple(args)
+        self.record(node, "inserted", "DetachableGate (product policy)", why)
+
 
 def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes whose values depend on the input (shape arithmetic does not count)."""
+    """Nodes whose values depend on the input (shape arithmetic does not count). The input is
+    the first placeholder and any other without a default; an optional argument traced at its
+    default (see ``tracer.trace``) is a constant, and so are the checks fx adds for it."""
     dep: set[fx.Node] = set()
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     for node in graph.nodes:
-        if node.op == "placeholder" or (
-            not nodemap.is_metadata(node) and any(a in dep for a in node.all_input_nodes)
-        ):
+        image = node.op == "placeholder" and (node is placeholders[0] or not node.args)
+        if image or (not nodemap.is_metadata(node) and any(a in dep for a in node.all_input_nodes)):
             dep.add(node)
     return dep
 
@@ -173,12 +191,16 @@ def _find_gates(ctx: RewriteContext) -> tuple[set[fx.Node], set[fx.Node]]:
             if not (a in ctx.dependent and b in ctx.dependent):
                 continue
             for operand in (b, a):
-                if rules.is_gate_target(operand, _module_of(ctx.gm, operand)):
+                if rules.is_gate_target(operand, _module_of(ctx.gm, operand)) and _only_scales(
+                    operand
+                ):
                     gates.add(operand)
                     break
             else:  # a gated linear unit (SwiGLU, GeGLU): the activated half is the gate
                 for operand in (a, b):
-                    if rules.is_glu_gate(operand, _module_of(ctx.gm, operand)):
+                    if rules.is_glu_gate(operand, _module_of(ctx.gm, operand)) and _only_scales(
+                        operand
+                    ):
                         gates.add(operand)
                         break
         elif _is_in(node.target, MATMUL_TARGETS):
@@ -186,7 +208,7 @@ def _find_gates(ctx: RewriteContext) -> tuple[set[fx.Node], set[fx.Node]]:
             if len(ops) != 2 or not all(o in ctx.dependent for o in ops):
                 continue
             for operand in ops:
-                if _is_softmax_output(ctx, operand):
+                if _is_softmax_output(ctx, operand) and _only_scales(operand):
                     gates.add(operand)
                     break
         elif _is_in(node.target, SDPA_TARGETS):
@@ -197,13 +219,122 @@ def _find_gates(ctx: RewriteContext) -> tuple[set[fx.Node], set[fx.Node]]:
     for arg, _ in list(detached_uses):
         if all((arg, u) in detached_uses for u in arg.users):
             gates.add(arg)
-    branch: set[fx.Node] = set(gates)
-    for node in reversed(list(ctx.graph.nodes)):
+    branch = _grow_branch(ctx.graph, set(gates))
+    if ctx.config.products == "detach":
+        _apply_product_policy(ctx, gates, branch)
+    return gates, branch
+
+
+def _only_scales(gate: fx.Node) -> bool:
+    """Whether ``gate`` is used only as a factor of products (shape queries aside): a gate that
+    is also used otherwise is on the explained path, where it must be converted or reported."""
+    return all(
+        nodemap.is_metadata(u)
+        or (
+            u.op in ("call_function", "call_method")
+            and (_is_in(u.target, _MUL_TARGETS) or _is_in(u.target, MATMUL_TARGETS))
+        )
+        for u in gate.users
+    )
+
+
+def _grow_branch(graph: fx.Graph, branch: set[fx.Node]) -> set[fx.Node]:
+    """``branch`` and every node all of whose users are in it (what only feeds detached
+    factors)."""
+    for node in reversed(list(graph.nodes)):
         if node in branch or node.op in ("placeholder", "output") or not node.users:
             continue
         if all(u in branch for u in node.users):
             branch.add(node)
-    return gates, branch
+    return branch
+
+
+_DIV_TARGETS = {operator.truediv, torch.div, "div", "div_", operator.itruediv}
+
+
+def _exclusive_branch(order: dict[fx.Node, int], root: fx.Node, consumer: fx.Node) -> set[fx.Node]:
+    """``root`` and the nodes upstream of it that are computed only for ``consumer`` through
+    ``root`` (empty if ``root`` has another user)."""
+    if any(u is not consumer for u in root.users):
+        return set()
+    ancestors, stack = set(), list(root.all_input_nodes)
+    while stack:
+        n = stack.pop()
+        if n not in ancestors and n.op != "placeholder":
+            ancestors.add(n)
+            stack.extend(n.all_input_nodes)
+    branch = {root}
+    for n in sorted(ancestors, key=order.__getitem__, reverse=True):
+        if n.users and all(u in branch for u in n.users):
+            branch.add(n)
+    return branch
+
+
+def _policy_candidates(ctx: RewriteContext, node: fx.Node) -> list[int] | None:
+    """Argument positions of ``node`` that are input-dependent factors of a product, a divisor,
+    or None if ``node`` is no such product."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    if _is_in(node.target, _MUL_TARGETS) or _is_in(node.target, MATMUL_TARGETS):
+        if node.target is torch.einsum and not (
+            len(node.args) == 3 and all(isinstance(a, fx.Node) for a in node.args[1:])
+        ):
+            return None  # einsum with other than two operands after the equation
+        offset = 1 if node.target is torch.einsum else 0
+        positions = [offset, offset + 1]
+    elif _is_in(node.target, _DIV_TARGETS):
+        positions = [1]
+    else:
+        return None
+    if len(node.args) <= positions[-1]:
+        return None
+    factors = positions if len(positions) == 2 else [0, 1]  # a / b: a and b
+    if not all(node.args[i] in ctx.dependent for i in factors):
+        return None  # by a constant: linear; c / x is not, and stays unsupported
+    return positions
+
+
+def _apply_product_policy(ctx: RewriteContext, gates: set[fx.Node], branch: set[fx.Node]) -> None:
+    """Choose the detached factor of every product of two input-dependent tensors that is not a
+    gate or an attention product (``BcosConfig.products="detach"``; docs/rules.md, "Products"):
+    the divisor of a division; the factor computed through a saturating non-linearity (that is
+    not itself a detached gate); else of ``a * b`` the right-hand factor (``x * modulation``, as
+    gates are written) and of ``a @ b`` the left-hand one (``weights @ values``, as attention is
+    written: in ``q @ (k^T @ v)`` the queries and keys are detached, the values explained). What
+    is computed only for a detached factor joins
+    the branch that is left as it is. Products inside such a branch need no decision; the
+    graph is walked from the output, so the outermost product decides first."""
+    order = {n: i for i, n in enumerate(ctx.graph.nodes)}
+    for node in reversed(list(ctx.graph.nodes)):
+        if node in branch:
+            continue
+        positions = _policy_candidates(ctx, node)
+        if positions is None or any(node.args[i] in gates for i in positions):
+            continue
+        if len(positions) == 1:
+            index, why = positions[0], "the divisor of an input-dependent division"
+        elif _is_in(node.target, _MUL_TARGETS):
+            index, why = positions[1], "the right-hand factor of a product (x * modulation)"
+        else:
+            index, why = positions[0], "the left-hand factor of a matrix product (weights @ values)"
+        if len(positions) == 2:
+            for i in positions:
+                own = _exclusive_branch(order, node.args[i], node)
+                saturating = (  # (one already in a detached gate's branch is accounted for)
+                    n not in branch and rules.is_gate_target(n, _module_of(ctx.gm, n)) for n in own
+                )
+                if any(saturating):
+                    index, why = i, "the factor computed through a saturating non-linearity"
+                    break
+        ctx.detach_policy[node] = (index, why)
+        operand = node.args[index]
+        factors = positions if len(positions) == 2 else [0, 1]
+        if all(node.args[i] is not operand for i in factors if i != index):
+            # (x * x: the other occurrence stays on the explained path, so x is converted)
+            own = _exclusive_branch(order, operand, node)
+            if own:
+                branch |= own
+                _grow_branch(ctx.graph, branch)
 
 
 def _is_in(target: Any, table: set) -> bool:

@@ -738,6 +738,9 @@ def _rule_mul(ctx: RewriteContext, node: torch.fx.Node) -> None:
     a, b = node.args[0], node.args[1]
     if _is_const(ctx, a) or _is_const(ctx, b):
         return  # scaling by a constant is linear
+    if node in ctx.detach_policy:
+        ctx.detach_operand(node, *ctx.detach_policy[node])
+        return
     for i, operand in ((1, b), (0, a)):
         if operand in ctx.gates:
             ctx.detach_gate(node, i)
@@ -746,7 +749,8 @@ def _rule_mul(ctx: RewriteContext, node: torch.fx.Node) -> None:
         node,
         "mul",
         "a product of two input-dependent tensors that is not a gate (sigmoid/hardsigmoid/tanh/"
-        "softmax scaling a tensor); register a rule that detaches one factor",
+        "softmax scaling a tensor); BcosConfig(products='detach') detaches one factor, or "
+        "register a rule",
     )
 
 
@@ -758,7 +762,19 @@ def _rule_mul(ctx: RewriteContext, node: torch.fx.Node) -> None:
 def _rule_div(ctx: RewriteContext, node: torch.fx.Node) -> None:
     if _is_const(ctx, node.args[1]):
         return
-    ctx.unsupported(node, "div", "division by an input-dependent tensor")
+    if node in ctx.detach_policy:
+        ctx.detach_operand(node, *ctx.detach_policy[node])
+        return
+    if _is_const(ctx, node.args[0]):
+        ctx.unsupported(
+            node, "div", "a constant divided by an input-dependent tensor (not linear in it)"
+        )
+        return
+    ctx.unsupported(
+        node,
+        "div",
+        "division by an input-dependent tensor; BcosConfig(products='detach') detaches the divisor",
+    )
 
 
 def constant_label(ctx: RewriteContext, node: torch.fx.Node, const: Any) -> str:
@@ -866,6 +882,9 @@ def _rule_matmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
     ops = matmul_operands(node)
     if len(ops) != 2 or any(_is_const(ctx, o) for o in ops):
         return
+    if node in ctx.detach_policy:
+        ctx.detach_operand(node, *ctx.detach_policy[node])
+        return
     offset = 1 if node.target is torch.einsum else 0
     for i, operand in enumerate(ops):
         if operand in ctx.gates:
@@ -877,8 +896,128 @@ def _rule_matmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
         node,
         getattr(node.target, "__name__", str(node.target)),
         "a product of two input-dependent tensors where neither is an attention matrix "
-        "(a softmax); register a rule that detaches one factor",
+        "(a softmax); BcosConfig(products='detach') detaches one factor, or register a rule",
     )
+
+
+def _call_args(node: torch.fx.Node, names: list[str]) -> dict[str, Any]:
+    """A call's arguments by name (a method's ``self`` is the first name)."""
+    args = dict(zip(names, node.args))
+    args.update(node.kwargs)
+    return args
+
+
+def _products_off(ctx: RewriteContext, node: torch.fx.Node, kind: str, what: str) -> bool:
+    """Report ``node`` as unsupported when ``BcosConfig(products="error")``."""
+    if ctx.config.products == "detach":
+        return False
+    ctx.unsupported(node, kind, f"{what}; BcosConfig(products='detach') makes it exact")
+    return True
+
+
+@register_function_rule(F.normalize)
+def _rule_normalize(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """``F.normalize``: the norm becomes a dynamic weight (the product policy's divisor)."""
+    args = _call_args(node, ["input", "p", "dim", "eps", "out"])
+    options = [args.get("p", 2.0), args.get("dim", 1), args.get("eps", 1e-12)]
+    if args.get("out") is not None or any(isinstance(o, torch.fx.Node) for o in options):
+        ctx.unsupported(node, "F.normalize", "with out= or options computed at run time")
+        return
+    if _products_off(ctx, node, "F.normalize", "a division by the input's norm"):
+        return
+    module = bnn.DetachableNormalize(*options)
+    ctx.replace_with_module(node, module, "normalize", inputs=(args["input"],))
+
+
+def _rule_pow(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """``x ** p`` with a constant ``p >= 1``: ``x * x ** (p - 1)``, the second factor a dynamic
+    weight (:class:`~bcosify.nn.DetachablePower`); ``square`` is ``p = 2``."""
+    square = node.target in (torch.square, "square")
+    args = _call_args(node, ["input"] if square else ["input", "exponent"])
+    base, exponent = args["input"], 2 if square else args.get("exponent")
+    if _is_const(ctx, base) or isinstance(exponent, torch.fx.Node):
+        ctx.unsupported(node, "pow", "an input-dependent exponent (not a product)")
+        return
+    if not isinstance(exponent, (int, float)) or not exponent >= 1:
+        ctx.unsupported(
+            node, "pow", f"x ** {exponent!r}: only powers >= 1 are products of x with itself"
+        )
+        return
+    if exponent == 1 or _products_off(ctx, node, "pow", f"x ** {exponent}"):
+        return
+    ctx.replace_with_module(node, bnn.DetachablePower(exponent), "pow", inputs=(base,))
+
+
+for _f in (operator.pow, torch.pow, "pow", torch.square, "square"):
+    register_function_rule(_f, _rule_pow)
+
+
+@register_function_rule(torch.amax)
+@register_function_rule("amax")
+def _rule_amax(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """A max over dimensions is piecewise linear: kept with ``maxpool="keep"``, else a mean over
+    the same dimensions, as max pooling becomes average pooling."""
+    args = _call_args(node, ["input", "dim", "keepdim"])
+    if ctx.config.maxpool == "keep":
+        ctx.record(node, "kept", "amax (piecewise linear)")
+        return
+    module = bnn.MaxAsMean(args.get("dim", ()), args.get("keepdim", False))
+    ctx.replace_with_module(node, module, "amax", inputs=(args["input"],))
+
+
+@register_function_rule(torch.max)
+@register_function_rule("max")
+def _rule_max(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """``max(x)`` and ``max(x, dim)`` as :func:`_rule_amax` (``max(x, dim)`` keeps its values and
+    indices); ``max(a, b)`` of two input-dependent tensors picks one of them (piecewise linear,
+    kept); with a constant it is a clamp whose constant no explanation reports."""
+    args = _call_args(node, ["input", "dim", "keepdim"])
+    dim = args.get("dim", args.get("other"))
+    if dim is not None and not isinstance(dim, (int, list, tuple)):
+        if isinstance(dim, torch.fx.Node) and dim in ctx.dependent:
+            ctx.record(node, "kept", "max of two tensors (piecewise linear)")
+        else:
+            ctx.unsupported(node, "max", "an elementwise max with a constant (a clamp)")
+        return
+    if ctx.config.maxpool == "keep":
+        ctx.record(node, "kept", "max (piecewise linear)")
+        return
+    if dim is None:
+        module = bnn.MaxAsMean((), False)
+    else:
+        module = bnn.MaxAsMean(dim, args.get("keepdim", False), indices=True)
+    ctx.replace_with_module(node, module, "max", inputs=(args["input"],))
+
+
+@register_function_rule(torch.addcmul)
+@register_function_rule("addcmul")
+def _rule_addcmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """``addcmul(input, t1, t2, value=v)`` is rewritten as ``input + t1 * t2 * v`` (an affine
+    map when one factor is constant: ResMLP's ``Affine``, GRN); the constant ``input`` is
+    reported like any added constant."""
+    args = _call_args(node, ["input", "tensor1", "tensor2"])
+    t1, t2, value = args["tensor1"], args["tensor2"], args.get("value", 1)
+    if not (_is_const(ctx, t1) or _is_const(ctx, t2)) or isinstance(value, torch.fx.Node):
+        ctx.unsupported(
+            node, "addcmul", "of two input-dependent tensors; write it as input + t1 * t2"
+        )
+        return
+    meta = {k: v for k, v in node.meta.items() if k != "bcosify_origin"}
+    with ctx.graph.inserting_before(node):
+        prod = ctx.graph.call_function(operator.mul, (t1, t2))
+        if value != 1:
+            prod.meta = dict(meta)
+            prod = ctx.graph.call_function(operator.mul, (prod, value))
+        out = ctx.graph.call_function(operator.add, (args["input"], prod))
+    prod.meta, out.meta = dict(meta), dict(node.meta)
+    node.replace_all_uses_with(out)
+    ctx.graph.erase_node(node)
+    for new in (*prod.all_input_nodes, prod, out):
+        if new.op != "get_attr" and any(a in ctx.dependent for a in new.all_input_nodes):
+            ctx.dependent.add(new)
+    ctx.record(out, "replaced", "addcmul -> input + t1 * t2")
+    if out in ctx.dependent:
+        _rule_add(ctx, out)
 
 
 @register_function_rule(F.scaled_dot_product_attention)

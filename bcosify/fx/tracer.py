@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,11 +56,29 @@ class BcosTracer(torch.fx.Tracer):
             self.current_module = previous
 
 
+def _defaults_after_input(model: nn.Module) -> dict[str, Any] | None:
+    """The optional arguments of ``model.forward`` after the image, at their defaults (``None``
+    for the mask of a masked-image model, ``False`` for a flag): a classifier is converted for
+    ``model(x)``, and an optional input traced as a tensor would become a required one."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    constant = (type(None), bool, int, float, str)
+    concrete = {
+        p.name: p.default
+        for p in params[1:]
+        if p.kind in positional and type(p.default) in constant
+    }
+    return concrete or None
+
+
 def trace(model: nn.Module, leaf_names: Iterable[str] = ()) -> torch.fx.GraphModule:
     """Trace ``model`` into a GraphModule, turning tracing failures into a :class:`TraceError`."""
     tracer = BcosTracer(leaf_names)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_defaults_after_input(model))
     except Exception as exc:  # torch.fx raises many types; all mean "cannot trace"
         failed = tracer.failed_module
         where = failed or "the top-level forward"

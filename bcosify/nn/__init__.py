@@ -11,7 +11,16 @@ from .attention import (
 )
 from .bcos import BcosConv2d, BcosLinear
 from .conv1d import BcosConv1d
-from .layers import DetachableGate, EncodedNormalize, GatedActivation, InputEncoding, LogitLayer
+from .layers import (
+    DetachableGate,
+    DetachableNormalize,
+    DetachablePower,
+    EncodedNormalize,
+    GatedActivation,
+    InputEncoding,
+    LogitLayer,
+    MaxAsMean,
+)
 from .mode import (
     ConstantRecorder,
     DetachableModule,
@@ -36,6 +45,9 @@ from .norms import (
 
 __all__ = [
     "AddConstant",
+    "DetachableNormalize",
+    "DetachablePower",
+    "MaxAsMean",
     "DetachableGroupNormAct",
     "DetachableLayerNormAct",
     "DetachableLayerNormAct2d",

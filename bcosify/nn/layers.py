@@ -85,6 +85,84 @@ class DetachableGate(DetachableModule, nn.Module):
         return gate.detach() if self.explanation_mode else gate
 
 
+class DetachableNormalize(DetachableModule, nn.Module):
+    """``F.normalize``: ``x / max(||x||_p, eps)`` along ``dim``, with the norm detached in
+    explanation mode (a dynamic weight), so the output stays linear in ``x``.
+
+    Example:
+        >>> x = torch.randn(2, 5)
+        >>> torch.allclose(DetachableNormalize(2.0, 1)(x), torch.nn.functional.normalize(x))
+        True
+    """
+
+    def __init__(self, p: float = 2.0, dim: int = 1, eps: float = 1e-12):
+        super().__init__()
+        self.p, self.dim, self.eps = float(p), dim, float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = x.norm(self.p, self.dim, keepdim=True).clamp_min(self.eps)
+        if self.explanation_mode:
+            norm = norm.detach()
+        return x / norm.expand_as(x)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, dim={self.dim}, eps={self.eps}"
+
+
+class DetachablePower(DetachableModule, nn.Module):
+    """``x ** p`` (``p >= 1``) as ``x * x ** (p - 1)``, the second factor detached in
+    explanation mode: a product of ``x`` with itself, one occurrence a dynamic weight.
+
+    Example:
+        >>> x = torch.randn(6)
+        >>> torch.equal(DetachablePower(2)(x), x**2)
+        True
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not p >= 1:
+            raise ValueError(f"DetachablePower needs p >= 1, got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.explanation_mode:
+            return x**self.p
+        return x * (x ** (self.p - 1)).detach()
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class MaxAsMean(nn.Module):
+    """A max over dimensions (``amax``, ``max(dim)``) replaced by the mean over them, as
+    ``BcosConfig(maxpool="avg")`` replaces max pooling; ``max(dim)``'s ``(values, indices)``
+    keep their form (the indices of the maxima).
+
+    Example:
+        >>> x = torch.randn(2, 3, 4)
+        >>> torch.equal(MaxAsMean(1, keepdim=True)(x), x.mean(1, keepdim=True))
+        True
+        >>> MaxAsMean(2, indices=True)(x).indices.shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, dim, keepdim: bool = False, indices: bool = False):
+        super().__init__()
+        self.dim = tuple(dim) if isinstance(dim, (list, tuple)) else dim
+        self.keepdim, self.indices = bool(keepdim), bool(indices)
+
+    def forward(self, x: Tensor):
+        dim = self.dim if self.dim != () else tuple(range(x.dim()))
+        values = x.mean(dim, keepdim=self.keepdim)
+        if not self.indices:
+            return values
+        return torch.return_types.max((values, x.argmax(dim, keepdim=self.keepdim)))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}, indices={self.indices}"
+
+
 class InputEncoding(nn.Module):
     """Encodes an image ``x`` in [0, 1] as ``[x, 1 - x]`` (doubling the channels).
 
