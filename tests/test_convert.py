@@ -542,3 +542,34 @@ def test_an_optional_input_is_traced_at_its_default():
     assert conv(x).shape == (2, 3)
     with pytest.raises(AssertionError, match="specialized to have value None"):
         conv(x, torch.ones_like(x))
+
+
+def test_timm_no_trace_modules_are_traced_into_when_they_trace():
+    from timm.layers import register_notrace_module
+
+    @register_notrace_module
+    class Plain(nn.Module):  # marked for timm's feature extraction, traces all the same
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    @register_notrace_module
+    class Branchy(Plain):  # data-dependent control flow: stays a leaf, reported
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else x
+
+    class Net(nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.stem, self.block, self.fc = nn.Conv2d(3, 4, 3), block(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.block(self.stem(x)).mean((2, 3)))
+
+    conv = bcosify.convert(Net(Plain), mean=MEAN, std=STD)
+    assert isinstance(conv.block.conv, bnn.BcosConv2d)
+    report = bcosify.analyze(Net(Branchy), mean=MEAN, std=STD)
+    assert [n for n, _, _ in report.unsupported] == ["block"]

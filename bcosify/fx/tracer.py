@@ -32,6 +32,7 @@ class BcosTracer(torch.fx.Tracer):
         super().__init__(autowrap_functions=tuple(notrace_functions))
         self.leaf_names = tuple(leaf_names)
         self.notrace_modules = notrace_modules
+        self._traceable: dict[type, bool] = {}
         self.current_module = ""
         self.failed_module: str | None = None
 
@@ -39,9 +40,25 @@ class BcosTracer(torch.fx.Tracer):
         name = module_qualified_name
         if any(name == p or name.startswith(p + ".") for p in self.leaf_names):
             return True
-        if is_rule_leaf(type(m)) or type(m) in self.notrace_modules:
+        if is_rule_leaf(type(m)):
+            return True
+        if type(m) in self.notrace_modules and not self._traces_alone(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def _traces_alone(self, m: nn.Module) -> bool:
+        """Whether a timm no-trace module traces on its own (timm marks modules for its feature
+        extraction, some of which trace; those that do not stay leaves, to be reported)."""
+        kind = type(m)
+        if kind not in self._traceable:
+            probe = BcosTracer()
+            probe.notrace_modules = set()
+            try:
+                probe.trace(m)
+                self._traceable[kind] = True
+            except Exception:  # any tracing failure: keep it a leaf
+                self._traceable[kind] = False
+        return self._traceable[kind]
 
     def call_module(self, m, forward, args, kwargs):
         previous = self.current_module
