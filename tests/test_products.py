@@ -262,12 +262,13 @@ def test_written_out_ops_that_stay_unsupported():
 
         def forward(self, x):
             x = self.c(x)
-            y = x ** 0.5 + torch.max(x, self.floor)
+            y = x**0.5 + torch.max(x, self.floor) + torch.div(x, 2.0, rounding_mode="floor")
             return (y + torch.addcmul(x, x, x)).mean((2, 3))
 
     report = bcosify.analyze(Bad(), mean=MEAN, std=STD)
     hints = " ".join(h for _, _, h in report.unsupported)
     assert "x ** 0.5" in hints and "a clamp" in hints and "two input-dependent" in hints
+    assert "rounding_mode='floor'" in hints  # not linear, even by a constant
     report = bcosify.analyze(Written(), BcosConfig(products="error"), mean=MEAN, std=STD)
     assert {k for _, k, _ in report.unsupported} == {"F.normalize", "pow"}
 

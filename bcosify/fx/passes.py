@@ -282,7 +282,7 @@ def _policy_candidates(ctx: RewriteContext, node: fx.Node) -> list[int] | None:
             return None  # einsum with other than two operands after the equation
         offset = 1 if node.target is torch.einsum else 0
         positions = [offset, offset + 1]
-    elif _is_in(node.target, _DIV_TARGETS):
+    elif _is_in(node.target, _DIV_TARGETS) and node.kwargs.get("rounding_mode") is None:
         positions = [1]
     else:
         return None

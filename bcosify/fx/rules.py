@@ -760,6 +760,13 @@ def _rule_mul(ctx: RewriteContext, node: torch.fx.Node) -> None:
 @register_function_rule("div_")
 @register_function_rule(operator.itruediv)
 def _rule_div(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    args = _call_args(node, ["input", "other"])
+    if args.get("rounding_mode") is not None:
+        ctx.unsupported(node, "div", f"a division with rounding_mode={args['rounding_mode']!r}")
+        return
+    if len(node.args) < 2:
+        ctx.unsupported(node, "div", "a division written with keyword arguments")
+        return
     if _is_const(ctx, node.args[1]):
         return
     if node in ctx.detach_policy:
