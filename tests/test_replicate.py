@@ -264,3 +264,21 @@ def test_scratch_from_refuses_other_settings(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(earlier))
     with pytest.raises(rep.ReplicationError, match="no from-scratch run with ReLU keep"):
         rep.reusable_scratch(s, "here")
+
+
+def test_sources_can_run_alone(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        rep.parse_args(["--no-resnet", "--no-lite0"])
+    assert "leave nothing to run" in capsys.readouterr().err
+    _, s = rep.parse_args(["--no-resnet", "--lite0-scratch-epochs", "40"])
+    assert not s.resnet and s.lite0 and s.lite0_scratch_epochs == 40
+    # the label recipe at every start point, as alignment has them
+    for start in ("normalized", "b-ramp", "no-recal"):
+        labels, align = rep.RUNS[f"labels-relu-{start}"], rep.RUNS[f"align-relu-{start}"]
+        assert labels.loss == "bce" and (labels.config, labels.train) == (align.config, align.train)
+    data = fake_fashion_mnist(tmp_path / "data", classes=4)
+    argv = ["--quick", "--threads", "1", "--no-resnet", "--lite0-scratch-epochs", "2"]
+    assert rep.main([*argv, "--data-dir", str(data), "--out", str(tmp_path / "o")]) == 0
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert list(results["sources"]) == ["lite0"] and "gridpg" not in results
+    assert len(results["sources"]["lite0"]["scratch"]["keep"]["curve"]) == 2
