@@ -300,10 +300,10 @@ def _apply_product_policy(ctx: RewriteContext, gates: set[fx.Node], branch: set[
     the divisor of a division; the factor computed through a saturating non-linearity (that is
     not itself a detached gate); else of ``a * b`` the right-hand factor (``x * modulation``, as
     gates are written) and of ``a @ b`` the left-hand one (``weights @ values``, as attention is
-    written: in ``q @ (k^T @ v)`` the queries and keys are detached, the values explained). What
-    is computed only for a detached factor joins
-    the branch that is left as it is. Products inside such a branch need no decision; the
-    graph is walked from the output, so the outermost product decides first."""
+    written: in ``q @ (k^T @ v)`` the queries and keys are detached, the values explained).
+    What is computed only for a detached factor joins the branch that is left as it is.
+    Products inside such a branch need no decision; the graph is walked from the output, so the
+    outermost product decides first."""
     order = {n: i for i, n in enumerate(ctx.graph.nodes)}
     for node in reversed(list(ctx.graph.nodes)):
         if node in branch:
