@@ -107,6 +107,36 @@ MUTATIONS: list[Mutation] = [
     ),
     # --- fx: conversion passes and rules
     _m(
+        "fx: the product policy detaches every occurrence of a factor (x * x fully detached)",
+        "bcosify/fx/passes.py",
+        (
+            "        args[index] = detached\n        node.args = tuple(args)\n",
+            "        node.replace_input_with(operand, detached)\n",
+        ),
+        "tests/test_products.py",
+    ),
+    _m(
+        "fx: a gate also used on the explained path is left unconverted",
+        "bcosify/fx/passes.py",
+        (
+            "    return all(\n        nodemap.is_metadata(u)",
+            "    return True or all(\n        nodemap.is_metadata(u)",
+        ),
+        "tests/test_products.py",
+    ),
+    _m(
+        "fx: a factor whose saturating op is already a gate's counts as the one to detach",
+        "bcosify/fx/passes.py",
+        ("n not in branch and rules.is_gate_target", "n not in gates and rules.is_gate_target"),
+        "tests/test_products.py",
+    ),
+    _m(
+        "nn: F.normalize's norm is not detached",
+        "bcosify/nn/layers.py",
+        ("        if self.explanation_mode:\n            norm = norm.detach()\n", ""),
+        "tests/test_products.py",
+    ),
+    _m(
         "fx: the head-before-pool pass skips AdaptiveAvgPool2d((1, 1))",
         "bcosify/fx/passes.py",
         ("m.output_size in (1, (1, 1))", "m.output_size in (1,)"),
