@@ -1560,8 +1560,10 @@ def docs_page(results: dict, accuracy_png: str, gridpg_png: str | None) -> str:
         f"test images, its from-scratch model gets {s['lite0_scratch_epochs']} epochs (its "
         f"source {s['lite0_std_epochs']} of transfer) and only the ReLU-kept runs",
         "the other start points (first-layer norm on the normalised input, B ramped, no "
-        "BatchNorm re-estimation) are in `--runs all`, not in the default run; they were "
-        "measured on the demo's digits task in [recovery-variants.md](recovery-variants.md)",
+        "BatchNorm re-estimation), with alignment and with the labels, are in `--runs all`, not "
+        "in the default run; they were measured in separate runs of this script "
+        "([recovery.md](recovery.md), 'The start points in the miniature') and on the demo's "
+        "digits task ([recovery-variants.md](recovery-variants.md))",
         "one seed; the speed-up of alignment with ReLU kept against B-cos from scratch is "
         "repeated over three seeds by `scripts/replicate_seeds.py`: "
         "[replication-seeds.md](replication-seeds.md)",
