@@ -249,25 +249,12 @@ def _grow_branch(graph: fx.Graph, branch: set[fx.Node]) -> set[fx.Node]:
     return branch
 
 
-_DIV_TARGETS = {operator.truediv, torch.div, "div", "div_", operator.itruediv}
-
-
-def _exclusive_branch(order: dict[fx.Node, int], root: fx.Node, consumer: fx.Node) -> set[fx.Node]:
+def _exclusive_branch(graph: fx.Graph, root: fx.Node, consumer: fx.Node) -> set[fx.Node]:
     """``root`` and the nodes upstream of it that are computed only for ``consumer`` through
     ``root`` (empty if ``root`` has another user)."""
     if any(u is not consumer for u in root.users):
         return set()
-    ancestors, stack = set(), list(root.all_input_nodes)
-    while stack:
-        n = stack.pop()
-        if n not in ancestors and n.op != "placeholder":
-            ancestors.add(n)
-            stack.extend(n.all_input_nodes)
-    branch = {root}
-    for n in sorted(ancestors, key=order.__getitem__, reverse=True):
-        if n.users and all(u in branch for u in n.users):
-            branch.add(n)
-    return branch
+    return _grow_branch(graph, {root})
 
 
 def _policy_candidates(ctx: RewriteContext, node: fx.Node) -> list[int] | None:
@@ -282,7 +269,7 @@ def _policy_candidates(ctx: RewriteContext, node: fx.Node) -> list[int] | None:
             return None  # einsum with other than two operands after the equation
         offset = 1 if node.target is torch.einsum else 0
         positions = [offset, offset + 1]
-    elif _is_in(node.target, _DIV_TARGETS) and node.kwargs.get("rounding_mode") is None:
+    elif _is_in(node.target, rules.DIV_TARGETS) and node.kwargs.get("rounding_mode") is None:
         positions = [1]
     else:
         return None
@@ -304,7 +291,6 @@ def _apply_product_policy(ctx: RewriteContext, gates: set[fx.Node], branch: set[
     What is computed only for a detached factor joins the branch that is left as it is.
     Products inside such a branch need no decision; the graph is walked from the output, so the
     outermost product decides first."""
-    order = {n: i for i, n in enumerate(ctx.graph.nodes)}
     for node in reversed(list(ctx.graph.nodes)):
         if node in branch:
             continue
@@ -319,7 +305,7 @@ def _apply_product_policy(ctx: RewriteContext, gates: set[fx.Node], branch: set[
             index, why = positions[0], "the left-hand factor of a matrix product (weights @ values)"
         if len(positions) == 2:
             for i in positions:
-                own = _exclusive_branch(order, node.args[i], node)
+                own = _exclusive_branch(ctx.graph, node.args[i], node)
                 saturating = (  # (one already in a detached gate's branch is accounted for)
                     n not in branch and rules.is_gate_target(n, _module_of(ctx.gm, n)) for n in own
                 )
@@ -331,7 +317,7 @@ def _apply_product_policy(ctx: RewriteContext, gates: set[fx.Node], branch: set[
         factors = positions if len(positions) == 2 else [0, 1]
         if all(node.args[i] is not operand for i in factors if i != index):
             # (x * x: the other occurrence stays on the explained path, so x is converted)
-            own = _exclusive_branch(order, operand, node)
+            own = _exclusive_branch(ctx.graph, operand, node)
             if own:
                 branch |= own
                 _grow_branch(ctx.graph, branch)

@@ -29,6 +29,7 @@ from torch import nn
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError
+from bcosify.fx import nodemap
 from bcosify.fx.graph import matmul_operands
 
 if TYPE_CHECKING:
@@ -754,11 +755,10 @@ def _rule_mul(ctx: RewriteContext, node: torch.fx.Node) -> None:
     )
 
 
-@register_function_rule(operator.truediv)
-@register_function_rule(torch.div)
-@register_function_rule("div")
-@register_function_rule("div_")
-@register_function_rule(operator.itruediv)
+DIV_TARGETS = {operator.truediv, torch.div, "div", "div_", operator.itruediv}
+"""Every spelling of a division (the product policy detaches an input-dependent divisor)."""
+
+
 def _rule_div(ctx: RewriteContext, node: torch.fx.Node) -> None:
     args = _call_args(node, ["input", "other"])
     if args.get("rounding_mode") is not None:
@@ -782,6 +782,10 @@ def _rule_div(ctx: RewriteContext, node: torch.fx.Node) -> None:
         "div",
         "division by an input-dependent tensor; BcosConfig(products='detach') detaches the divisor",
     )
+
+
+for _f in DIV_TARGETS:
+    register_function_rule(_f, _rule_div)
 
 
 def constant_label(ctx: RewriteContext, node: torch.fx.Node, const: Any) -> str:
@@ -1009,7 +1013,7 @@ def _rule_addcmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
             node, "addcmul", "of two input-dependent tensors; write it as input + t1 * t2"
         )
         return
-    meta = {k: v for k, v in node.meta.items() if k != "bcosify_origin"}
+    meta = {k: v for k, v in node.meta.items() if k != nodemap.ORIGIN}
     with ctx.graph.inserting_before(node):
         prod = ctx.graph.call_function(operator.mul, (t1, t2))
         if value != 1:
