@@ -1151,23 +1151,28 @@ def run(s: Settings, data_dir: str | None, out: Path, log=print) -> dict:
     return results
 
 
-def _resnet(data: FashionMNIST, s: Settings, out: Path, log, results: dict) -> None:
-    """Source 1: the SmallResNet trained here to convergence, its from-scratch and B-cosified
-    runs, and the grid pointing game on its models (into ``results``)."""
+def resnet_data(data: FashionMNIST, s: Settings, log):
+    """The SmallResNet's split: PIL training and test pairs, test tensors, and the training
+    set's mean and std (per channel, grey replicated)."""
     tx, ty, vx, vy = _split(data, s.train_size, s.test_size, s.seed)
     mean, std = (float(tx.mean() / 255.0),) * 3, (float(tx.std() / 255.0),) * 3
     log(
         f"data: {data.source}, {len(ty)} training / {len(vy)} test images, mean {mean[0]:.4f} "
         f"std {std[0]:.4f}, {torch.get_num_threads()} thread(s)"
     )
-    train_pil, test_pil, test_t = pil_pairs(tx, ty), pil_pairs(vx, vy), tensor_pairs(vx, vy)
-    reused = reusable_scratch(s, data.source) if s.scratch_from else None  # fails fast
+    return pil_pairs(tx, ty), pil_pairs(vx, vy), tensor_pairs(vx, vy), mean, std
 
-    def make_resnet() -> nn.Module:
-        return SmallResNet(s.widths, s.blocks, len(CLASSES))
 
+def resnet_factory(s: Settings):
+    """A function that builds a fresh SmallResNet of the settings' shape."""
+    return lambda: SmallResNet(s.widths, s.blocks, len(CLASSES))
+
+
+def train_resnet_source(s: Settings, train_pil, test_t, mean, std, log):
+    """The standard SmallResNet, seeded by ``s.seed`` and trained with cross-entropy for
+    ``s.std_epochs``; returns the model, its history and the seconds it took."""
     torch.manual_seed(s.seed)
-    standard = make_resnet()
+    standard = resnet_factory(s)()
     log(f"\nresnet: standard model, cross-entropy, {s.std_epochs} epochs")
     t0 = time.perf_counter()
     hist = train_standard(
@@ -1181,12 +1186,21 @@ def _resnet(data: FashionMNIST, s: Settings, out: Path, log, results: dict) -> N
         name="resnet standard",
         log=log,
     )
+    return standard, hist, time.perf_counter() - t0
+
+
+def _resnet(data: FashionMNIST, s: Settings, out: Path, log, results: dict) -> None:
+    """Source 1: the SmallResNet trained here to convergence, its from-scratch and B-cosified
+    runs, and the grid pointing game on its models (into ``results``)."""
+    train_pil, test_pil, test_t, mean, std = resnet_data(data, s, log)
+    reused = reusable_scratch(s, data.source) if s.scratch_from else None  # fails fast
+    standard, hist, std_seconds = train_resnet_source(s, train_pil, test_t, mean, std, log)
     res, bcos_models, confidences = experiment(
         "resnet",
-        make_source=make_resnet,
+        make_source=resnet_factory(s),
         standard=standard,
         std_history=hist,
-        std_seconds=time.perf_counter() - t0,
+        std_seconds=std_seconds,
         mean=mean,
         std=std,
         size=IMAGE_SIZE,
@@ -1207,7 +1221,7 @@ def _resnet(data: FashionMNIST, s: Settings, out: Path, log, results: dict) -> N
         f"SmallResNet: 3x3 stride-1 stem, BasicBlock stages {list(s.blocks)}, widths "
         f"{list(s.widths)}, receptive field {receptive_field(standard)} px"
     )
-    res["train_size"], res["test_size"], res["image_px"] = len(ty), len(vy), IMAGE_SIZE
+    res["train_size"], res["test_size"], res["image_px"] = len(train_pil), len(test_pil), IMAGE_SIZE
     res["mean"], res["std"] = mean[0], std[0]
     results["sources"]["resnet"] = res
 

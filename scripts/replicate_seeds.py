@@ -138,36 +138,15 @@ def run(s, seeds: Sequence[int], run_name: str, data_dir: str | None, out: Path,
     env_start = rep.environment(torch.get_num_threads())
     out.mkdir(parents=True, exist_ok=True)
     data = rep.load_fashion_mnist(data_dir)
-    tx, ty, vx, vy = rep._split(data, s.train_size, s.test_size, s.seed)
-    mean, std = (float(tx.mean() / 255.0),) * 3, (float(tx.std() / 255.0),) * 3
-    train_pil, test_pil = rep.pil_pairs(tx, ty), rep.pil_pairs(vx, vy)
-    test_t = rep.tensor_pairs(vx, vy)
-    log(f"data: {data.source}, {len(ty)} training / {len(vy)} test images; seeds {list(seeds)}")
-
-    def make_resnet():
-        return rep.SmallResNet(s.widths, s.blocks, len(rep.CLASSES))
-
-    torch.manual_seed(s.seed)  # the standard model exactly as replicate.py trains it
-    standard = make_resnet()
-    log(f"\nstandard model (seed {s.seed}), cross-entropy, {s.std_epochs} epochs")
-    t0 = time.perf_counter()
-    hist = rep.train_standard(
-        standard,
-        train_pil,
-        test_t,
-        size=rep.IMAGE_SIZE,
-        epochs=s.std_epochs,
-        s=s,
-        normalize=rep._normalizer(mean, std),
-        name="resnet standard",
-        log=log,
-    )
-    std_seconds = time.perf_counter() - t0
+    train_pil, test_pil, test_t, mean, std = rep.resnet_data(data, s, log)
+    log(f"seeds {list(seeds)}")
+    # the standard model exactly as replicate.py trains it: one checkpoint for every seed
+    standard, hist, std_seconds = rep.train_resnet_source(s, train_pil, test_t, mean, std, log)
     per_seed: dict[str, dict] = {}
     for k in seeds:
         res, _, _ = rep.experiment(
             f"seed{k}",
-            make_source=make_resnet,
+            make_source=rep.resnet_factory(s),
             standard=standard,
             std_history=hist,
             std_seconds=std_seconds,
