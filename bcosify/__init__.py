@@ -28,14 +28,14 @@ _EXPORTS = {
     "Explanation": "bcosify.explain",
     "explain": "bcosify.explain",
     "explanation_mode": "bcosify.explain",
-    "KEEP": "bcosify.fx.rules",
-    "REMOVE": "bcosify.fx.rules",
-    "declare_safe_subclass": "bcosify.fx.rules",
-    "register_function_rule": "bcosify.fx.rules",
-    "register_module_rule": "bcosify.fx.rules",
-    "scoped_rules": "bcosify.fx.rules",
-    "unregister_function_rule": "bcosify.fx.rules",
-    "unregister_module_rule": "bcosify.fx.rules",
+    "KEEP": "bcosify.fx.registry",
+    "REMOVE": "bcosify.fx.registry",
+    "declare_safe_subclass": "bcosify.fx.registry",
+    "register_function_rule": "bcosify.fx.registry",
+    "register_module_rule": "bcosify.fx.registry",
+    "scoped_rules": "bcosify.fx.registry",
+    "unregister_function_rule": "bcosify.fx.registry",
+    "unregister_module_rule": "bcosify.fx.registry",
     "NodeMap": "bcosify.fx.nodemap",
     "node_map": "bcosify.fx.nodemap",
     "load": "bcosify.io",
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from bcosify.errors import BcosifyError, ModelSourceError, TraceError, UnsupportedLayerError
     from bcosify.explain import Explanation, explain, explanation_mode
     from bcosify.fx.nodemap import NodeMap, node_map
-    from bcosify.fx.rules import (
+    from bcosify.fx.registry import (
         KEEP,
         REMOVE,
         declare_safe_subclass,

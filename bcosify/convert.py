@@ -15,8 +15,7 @@ from bcosify import metadata
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, UnsupportedLayerError
-from bcosify.fx import nodemap, passes, trace
-from bcosify.fx import rules as fx_rules
+from bcosify.fx import nodemap, passes, registry, trace
 from bcosify.preprocessing import IMAGENET_DEFAULT, Preprocessing
 from bcosify.report import ConversionReport
 
@@ -75,7 +74,7 @@ def _run(
     dry_run: bool,
 ) -> tuple[nn.Module, ConversionReport]:
     _check_model(model)
-    fx_rules.load_library_rules()  # before tracing: types with a rule are leaves
+    registry.load_library_rules()  # before tracing: types with a rule are leaves
     if config is None:
         config = BcosConfig()
     elif not isinstance(config, BcosConfig):
@@ -168,7 +167,7 @@ def convert(
         mean, std: the normalisation the source model expects; by default taken from the model's
             known preprocessing (bcosify sources, timm ``pretrained_cfg``).
         rules: rules for this call only (module types -> module rules, functions or method
-            names -> function rules; see :func:`bcosify.fx.rules.scoped_rules`); they win over
+            names -> function rules; see :func:`bcosify.fx.registry.scoped_rules`); they win over
             the registered ones.
 
     Returns:
@@ -188,7 +187,7 @@ def convert(
         >>> m(torch.rand(1, 3, 64, 64)).shape
         torch.Size([1, 1000])
     """
-    with fx_rules.scoped_rules(rules):
+    with registry.scoped_rules(rules):
         gm, _ = _run(model, config, mean, std, dry_run=False)
     return gm
 
@@ -210,6 +209,6 @@ def analyze(
         >>> report.ok
         True
     """
-    with fx_rules.scoped_rules(rules):
+    with registry.scoped_rules(rules):
         _, report = _run(model, config, mean, std, dry_run=True)
     return report

@@ -117,17 +117,17 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "fx: a gate also used on the explained path is left unconverted",
-        "bcosify/fx/passes.py",
+        "bcosify/fx/graph.py",
         (
-            "    return all(\n        nodemap.is_metadata(u)",
-            "    return True or all(\n        nodemap.is_metadata(u)",
+            "    return all(nodemap.is_metadata(u) or ops.is_op",
+            "    return True or all(nodemap.is_metadata(u) or ops.is_op",
         ),
         "tests/test_products.py",
     ),
     _m(
         "fx: a factor whose saturating op is already a gate's counts as the one to detach",
-        "bcosify/fx/passes.py",
-        ("n not in branch and rules.is_gate_target", "n not in gates and rules.is_gate_target"),
+        "bcosify/fx/graph.py",
+        ("n not in branch and registry.is_gate", "n not in gates and registry.is_gate"),
         "tests/test_products.py",
     ),
     _m(
@@ -150,7 +150,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "fx: activation='keep' keeps ReLU6, whose cap no explanation accounts for",
-        "bcosify/fx/rules.py",
+        "bcosify/fx/rules_torch.py",
         (
             '    if config.activation == "keep" and isinstance(module, nn.Hardtanh):',
             "    if False:",
@@ -159,7 +159,7 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "fx: activation='remove' keeps ReLU modules",
-        "bcosify/fx/rules.py",
+        "bcosify/fx/rules_torch.py",
         (
             '    if config.activation == "remove":\n        return REMOVE\n    if config.activation'
             ' == "keep" and isinstance(module, nn.Hardtanh)',
@@ -169,11 +169,32 @@ MUTATIONS: list[Mutation] = [
     ),
     _m(
         "fx: a subclass that overrides forward() inherits its base class's rule",
-        "bcosify/fx/rules.py",
+        "bcosify/fx/registry.py",
         (
             'if "forward" in cls.__dict__ and cls not in _SAFE_SUBCLASSES and cls is not '
             "nn.Module:",
             "if False:",
+        ),
+        "tests/test_rule_registry.py",
+    ),
+    _m(
+        "fx: an in-place spelling of an op is missing from the op table (torch.sigmoid_)",
+        "bcosify/fx/ops.py",
+        ("[torch.sigmoid, torch.sigmoid_, F.sigmoid]", "[torch.sigmoid, F.sigmoid]"),
+        "tests/test_op_table.py",
+    ),
+    _m(
+        "fx: one spelling of an op is converted differently (F.hardtanh_ keeps its cap)",
+        "bcosify/fx/rules_torch.py",
+        ("    F.hardtanh_: F.hardtanh,\n", ""),
+        "tests/test_op_table.py",
+    ),
+    _m(
+        "fx: timm's norm-act layer keeps an activation it has no rule for",
+        "bcosify/fx/rules_libs.py",
+        (
+            "    if rule is None:\n        return None\n",
+            "    if rule is None:\n        return module\n",
         ),
         "tests/test_rule_registry.py",
     ),

@@ -87,7 +87,7 @@ def test_a_user_rule_for_a_library_class_is_not_replaced_by_the_built_in_one():
     out = _python(
         """
         import bcosify, timm.layers as tl
-        from bcosify.fx import rules
+        from bcosify.fx import registry as rules
 
         def mine(module, config):
             return rules.KEEP
@@ -106,7 +106,7 @@ def test_a_user_rule_for_a_library_class_is_not_replaced_by_the_built_in_one():
 
 @pytest.mark.parametrize("library", ["torchvision", "timm"])
 def test_every_library_rule_module_is_registered(library):
-    from bcosify.fx import rules
+    from bcosify.fx import registry as rules
 
     assert (library, f"bcosify.fx.rules_{library}") in rules._LIBRARY_RULES
 

@@ -10,7 +10,7 @@ from torch import nn
 import bcosify
 from bcosify import BcosConfig, BcosifyError, UnsupportedLayerError
 from bcosify import nn as bnn
-from bcosify.fx import rules
+from bcosify.fx import registry as rules
 from tests.helpers import MEAN, STD
 
 EXACT = BcosConfig(b=1.0, keep_bias=True, activation="exact", maxpool="keep")
@@ -182,6 +182,19 @@ def test_timm_layers_that_override_forward_convert_exactly(make):
     ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
     assert ref.std(0).max() > 1e-3  # the output depends on the input
     torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", [nn.ELU, nn.Sigmoid])
+@pytest.mark.parametrize("layer", ["BatchNormAct2d", "GroupNormAct"])
+def test_a_timm_norm_act_layer_with_an_unsupported_activation_is_reported(layer, act):
+    # the activation used to be kept as it was (no rule, or a gate on its own): silently wrong
+    import timm.layers as tl
+
+    norm = getattr(tl, layer)(4, act_layer=act) if layer == "BatchNormAct2d" else None
+    norm = norm or tl.GroupNormAct(4, 2, act_layer=act)
+    model = Net(nn.Conv2d(3, 4, 3, padding=1), norm).eval()
+    with pytest.raises(UnsupportedLayerError, match="its activation has no conversion rule"):
+        bcosify.convert(model, EXACT, mean=MEAN, std=STD)
 
 
 def _docs_example() -> str:

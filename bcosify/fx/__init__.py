@@ -1,6 +1,14 @@
-"""Tracing and graph rewriting: the tracer, the rule tables and the passes."""
+"""Tracing and graph rewriting.
 
-from bcosify.fx.rules import (
+- :mod:`~bcosify.fx.ops`: the op table (every op, every spelling, what it is);
+- :mod:`~bcosify.fx.registry`: the rule registry (bcosify's rules and yours, one lookup);
+- ``rules_torch``, ``rules_torchvision``, ``rules_timm``: the built-in rules, loaded on demand;
+- :mod:`~bcosify.fx.graph`: graph analysis (gates, the product policy, projections);
+- :mod:`~bcosify.fx.passes`: the passes that rewrite the graph;
+- :mod:`~bcosify.fx.tracer` and :mod:`~bcosify.fx.nodemap`: tracing, and the node map.
+"""
+
+from bcosify.fx.registry import (
     KEEP,
     REMOVE,
     declare_safe_subclass,

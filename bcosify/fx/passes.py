@@ -1,8 +1,9 @@
-"""Graph passes of the converter. Each pass is a small function over the traced graph."""
+"""Graph passes of the converter. Each pass is a small function over the traced graph; what
+they know of ops comes from the op table (:mod:`bcosify.fx.ops`), of rules from the registry
+(:mod:`bcosify.fx.registry`), and of the graph from its analysis (:mod:`bcosify.fx.graph`)."""
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,8 +14,8 @@ from torch import fx, nn
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError
-from bcosify.fx import nodemap, rules
-from bcosify.fx.graph import matmul_operands
+from bcosify.fx import nodemap, ops, registry
+from bcosify.fx.graph import analyse
 from bcosify.report import ConversionReport
 
 __all__ = ["RewriteContext", "convert_nodes", "move_head_before_pool", "encode_input", "add_logit"]
@@ -29,11 +30,13 @@ class RewriteContext:
         self.config = config
         self.report = report
         self.unsupported_nodes: list[tuple[str, str, str]] = []
-        self.dependent = _input_dependent(gm.graph)
-        # products whose factor is detached by the product policy: node -> (operand index, why)
-        self.detach_policy: dict[fx.Node, tuple[int, str]] = {}
-        self.gates, self.gate_branch = _find_gates(self)
-        self.projections = _find_projections(self)
+        # what the rules read: input-dependent nodes, gates and their branch, the product
+        # policy's detached factors (node -> (operand index, why)), q/k/v projections
+        found = analyse(gm, config.products)
+        self.dependent = found.dependent
+        self.detach_policy = found.detach_policy
+        self.gates, self.gate_branch = found.gates, found.gate_branch
+        self.projections = found.projections
         self._replaced: dict[str, Any] = {}
         self._counter = 0
         # for the node map: removed source node -> the source node whose value replaces it, and
@@ -123,255 +126,6 @@ class RewriteContext:
         self.record(node, "inserted", "DetachableGate (product policy)", why)
 
 
-def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes whose values depend on the input (shape arithmetic does not count). The input is
-    the first placeholder and any other without a default; an optional argument traced at its
-    default (see ``tracer.trace``) is a constant, and so are the checks fx adds for it."""
-    dep: set[fx.Node] = set()
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    for node in graph.nodes:
-        image = node.op == "placeholder" and (node is placeholders[0] or not node.args)
-        if image or (not nodemap.is_metadata(node) and any(a in dep for a in node.all_input_nodes)):
-            dep.add(node)
-    return dep
-
-
-_MUL_TARGETS = {operator.mul, torch.mul, "mul", operator.imul, "mul_"}
-MATMUL_TARGETS = {operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm", torch.einsum}
-SDPA_TARGETS = {F.scaled_dot_product_attention}
-_SOFTMAX_TARGETS = {torch.softmax, F.softmax, "softmax", torch.Tensor.softmax}
-_CHAIN_MODULES = (nn.Dropout, nn.Identity, nn.Linear)
-_CHAIN_FUNCTIONS = {F.dropout, "to", "type_as", "float", "contiguous", "permute", "transpose"}
-
-
-def _module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
-
-
-def _is_softmax_output(ctx: RewriteContext, node: Any) -> bool:
-    """Whether ``node`` is a softmax (possibly followed by dropout or a dtype cast)."""
-    for _ in range(8):
-        if not isinstance(node, fx.Node):
-            return False
-        module = _module_of(ctx.gm, node)
-        if isinstance(module, nn.Softmax):
-            return True
-        if node.op in ("call_function", "call_method") and node.target in _SOFTMAX_TARGETS:
-            return True
-        # dropout, casts, and a head-mixing linear map on the attention ("talking heads")
-        chain = isinstance(module, _CHAIN_MODULES) or (
-            node.op in ("call_function", "call_method") and node.target in _CHAIN_FUNCTIONS
-        )
-        if not chain or not node.args:
-            return False
-        node = node.args[0]
-    return False
-
-
-def _sdpa_arg(node: fx.Node, index: int, name: str) -> Any:
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name)
-
-
-def _find_gates(ctx: RewriteContext) -> tuple[set[fx.Node], set[fx.Node]]:
-    """Gate nodes and the branch of nodes that feed only detached factors.
-
-    A gate is a sigmoid-like output scaling another tensor, or an attention matrix (a softmax)
-    multiplying the values. The queries and keys of a fused attention call are detached inside the
-    attention module. The branch that computes a gate or only feeds queries and keys (a
-    squeeze-excitation MLP, the ``q k^T`` logits and their biases) is left as it is: it is detached
-    in explanation mode, so nothing inside it needs to be B-cos.
-    """
-    gates: set[fx.Node] = set()
-    detached_uses: set[tuple[fx.Node, fx.Node]] = set()
-    for node in ctx.graph.nodes:
-        if node.op not in ("call_function", "call_method"):
-            continue
-        if node.target in _MUL_TARGETS:
-            a, b = node.args[0], node.args[1]
-            if not (a in ctx.dependent and b in ctx.dependent):
-                continue
-            for operand in (b, a):
-                if rules.is_gate_target(operand, _module_of(ctx.gm, operand)) and _only_scales(
-                    operand
-                ):
-                    gates.add(operand)
-                    break
-            else:  # a gated linear unit (SwiGLU, GeGLU): the activated half is the gate
-                for operand in (a, b):
-                    if rules.is_glu_gate(operand, _module_of(ctx.gm, operand)) and _only_scales(
-                        operand
-                    ):
-                        gates.add(operand)
-                        break
-        elif _is_in(node.target, MATMUL_TARGETS):
-            ops = matmul_operands(node)
-            if len(ops) != 2 or not all(o in ctx.dependent for o in ops):
-                continue
-            for operand in ops:
-                if _is_softmax_output(ctx, operand) and _only_scales(operand):
-                    gates.add(operand)
-                    break
-        elif _is_in(node.target, SDPA_TARGETS):
-            for i, name in ((0, "query"), (1, "key"), (3, "attn_mask")):
-                arg = _sdpa_arg(node, i, name)
-                if isinstance(arg, fx.Node):
-                    detached_uses.add((arg, node))
-    for arg, _ in list(detached_uses):
-        if all((arg, u) in detached_uses for u in arg.users):
-            gates.add(arg)
-    branch = _grow_branch(ctx.graph, set(gates))
-    if ctx.config.products == "detach":
-        _apply_product_policy(ctx, gates, branch)
-    return gates, branch
-
-
-def _only_scales(gate: fx.Node) -> bool:
-    """Whether ``gate`` is used only as a factor of products (shape queries aside): a gate that
-    is also used otherwise is on the explained path, where it must be converted or reported."""
-    return all(
-        nodemap.is_metadata(u)
-        or (
-            u.op in ("call_function", "call_method")
-            and (_is_in(u.target, _MUL_TARGETS) or _is_in(u.target, MATMUL_TARGETS))
-        )
-        for u in gate.users
-    )
-
-
-def _grow_branch(graph: fx.Graph, branch: set[fx.Node]) -> set[fx.Node]:
-    """``branch`` and every node all of whose users are in it (what only feeds detached
-    factors)."""
-    for node in reversed(list(graph.nodes)):
-        if node in branch or node.op in ("placeholder", "output") or not node.users:
-            continue
-        if all(u in branch for u in node.users):
-            branch.add(node)
-    return branch
-
-
-def _exclusive_branch(graph: fx.Graph, root: fx.Node, consumer: fx.Node) -> set[fx.Node]:
-    """``root`` and the nodes upstream of it that are computed only for ``consumer`` through
-    ``root`` (empty if ``root`` has another user)."""
-    if any(u is not consumer for u in root.users):
-        return set()
-    return _grow_branch(graph, {root})
-
-
-def _policy_candidates(ctx: RewriteContext, node: fx.Node) -> list[int] | None:
-    """Argument positions of ``node`` that are input-dependent factors of a product, a divisor,
-    or None if ``node`` is no such product."""
-    if node.op not in ("call_function", "call_method"):
-        return None
-    if _is_in(node.target, _MUL_TARGETS) or _is_in(node.target, MATMUL_TARGETS):
-        if node.target is torch.einsum and not (
-            len(node.args) == 3 and all(isinstance(a, fx.Node) for a in node.args[1:])
-        ):
-            return None  # einsum with other than two operands after the equation
-        offset = 1 if node.target is torch.einsum else 0
-        positions = [offset, offset + 1]
-    elif _is_in(node.target, rules.DIV_TARGETS) and node.kwargs.get("rounding_mode") is None:
-        positions = [1]
-    else:
-        return None
-    if len(node.args) <= positions[-1]:
-        return None
-    factors = positions if len(positions) == 2 else [0, 1]  # a / b: a and b
-    if not all(node.args[i] in ctx.dependent for i in factors):
-        return None  # by a constant: linear; c / x is not, and stays unsupported
-    return positions
-
-
-def _apply_product_policy(ctx: RewriteContext, gates: set[fx.Node], branch: set[fx.Node]) -> None:
-    """Choose the detached factor of every product of two input-dependent tensors that is not a
-    gate or an attention product (``BcosConfig.products="detach"``; docs/rules.md, "Products"):
-    the divisor of a division; the factor computed through a saturating non-linearity (that is
-    not itself a detached gate); else of ``a * b`` the right-hand factor (``x * modulation``, as
-    gates are written) and of ``a @ b`` the left-hand one (``weights @ values``, as attention is
-    written: in ``q @ (k^T @ v)`` the queries and keys are detached, the values explained).
-    What is computed only for a detached factor joins the branch that is left as it is.
-    Products inside such a branch need no decision; the graph is walked from the output, so the
-    outermost product decides first."""
-    for node in reversed(list(ctx.graph.nodes)):
-        if node in branch:
-            continue
-        positions = _policy_candidates(ctx, node)
-        if positions is None or any(node.args[i] in gates for i in positions):
-            continue
-        if len(positions) == 1:
-            index, why = positions[0], "the divisor of an input-dependent division"
-        elif _is_in(node.target, _MUL_TARGETS):
-            index, why = positions[1], "the right-hand factor of a product (x * modulation)"
-        else:
-            index, why = positions[0], "the left-hand factor of a matrix product (weights @ values)"
-        if len(positions) == 2:
-            for i in positions:
-                own = _exclusive_branch(ctx.graph, node.args[i], node)
-                saturating = (  # (one already in a detached gate's branch is accounted for)
-                    n not in branch and rules.is_gate_target(n, _module_of(ctx.gm, n)) for n in own
-                )
-                if any(saturating):
-                    index, why = i, "the factor computed through a saturating non-linearity"
-                    break
-        ctx.detach_policy[node] = (index, why)
-        operand = node.args[index]
-        factors = positions if len(positions) == 2 else [0, 1]
-        if all(node.args[i] is not operand for i in factors if i != index):
-            # (x * x: the other occurrence stays on the explained path, so x is converted)
-            own = _exclusive_branch(ctx.graph, operand, node)
-            if own:
-                branch |= own
-                _grow_branch(ctx.graph, branch)
-
-
-def _is_in(target: Any, table: set) -> bool:
-    try:
-        return target in table
-    except TypeError:
-        return False
-
-
-def is_attention_op(ctx: RewriteContext, node: fx.Node) -> bool:
-    """A product of two input-dependent tensors (``q k^T``, ``attn v``) or a fused attention."""
-    if node.op != "call_function" and node.op != "call_method":
-        return False
-    if _is_in(node.target, SDPA_TARGETS):
-        return True
-    if _is_in(node.target, MATMUL_TARGETS):
-        ops = matmul_operands(node)
-        return len(ops) == 2 and all(o in ctx.dependent for o in ops)
-    return False
-
-
-def _find_projections(ctx: RewriteContext) -> set[fx.Node]:
-    """``nn.Linear`` nodes whose output reaches an attention product through reshapes only: the
-    query/key/value projections, which stay plain linear maps."""
-    found: set[fx.Node] = set()
-    for node in ctx.graph.nodes:
-        functional = node.op == "call_function" and node.target is F.linear
-        if not (functional or isinstance(_module_of(ctx.gm, node), nn.Linear)):
-            continue
-        frontier, seen = list(node.users), set()
-        while frontier and len(seen) < 64:
-            user = frontier.pop()
-            if user in seen:
-                continue
-            seen.add(user)
-            if is_attention_op(ctx, user):
-                found.add(node)
-                break
-            structural = user in ctx.gate_branch or (
-                user.op in ("call_function", "call_method")
-                and (rules.is_neutral(user.target) or user.target in _MUL_TARGETS)
-            )
-            if structural:
-                frontier.extend(user.users)
-    return found
-
-
-_PLAIN_LINEAR_TYPES = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
-_TANH_FUNCTIONS = {torch.tanh, F.tanh, "tanh"}
-
-
 def _skipped(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
@@ -393,20 +147,10 @@ def convert_nodes(ctx: RewriteContext) -> None:
         if any(_skipped(str(p), config.skip_modules) for p in module_stack):
             continue
         target = node.target
-        if rules.is_gate_target(node, None):
-            if _is_in(target, _TANH_FUNCTIONS):
-                ctx.replace_with_module(node, bnn.GatedActivation("tanh"), "tanh")
-                continue
-            ctx.unsupported(
-                node,
-                str(getattr(target, "__name__", target)),
-                "a saturating non-linearity used on its own (not as a gate that scales a tensor)",
-            )
-            continue
-        rule = rules.get_function_rule(target)
+        rule = registry.get_function_rule(target)
         if rule is not None:
             rule(ctx, node)
-        elif not rules.is_neutral(target):
+        else:
             kind = target if isinstance(target, str) else getattr(target, "__name__", str(target))
             what = f"method .{kind}()" if node.op == "call_method" else f"function {kind}"
             ctx.unsupported(
@@ -423,28 +167,15 @@ def _convert_module_node(
     if _skipped(name, config.skip_modules):
         ctx.record(node, "skipped", type(module).__name__)
         return
-    if isinstance(module, rules.GATE_MODULES) and not rules.is_user_rule(type(module)):
-        if isinstance(module, nn.Tanh) or type(module).__name__ == "Tanh":
-            # tanh(x) = x * (tanh(x) / x): a gated identity, exact
-            ctx.replace_with_module(
-                node, bnn.GatedActivation("tanh"), type(module).__name__, inputs=node.args[:1]
-            )
-            return
-        ctx.unsupported(
-            node,
-            type(module).__name__,
-            "a saturating non-linearity used on its own (not as a gate that scales a tensor)",
-        )
-        return
     if name in ctx._replaced:
         result = ctx._replaced[name]
-    elif node in ctx.projections and type(module) in _PLAIN_LINEAR_TYPES:
+    elif node in ctx.projections and ops.op_of_module(type(module)) is ops.OPS["linear"]:
         result = bnn.PlainLinear.from_linear(module, keep_bias=config.keep_bias)
         ctx._replaced[name] = result
         ctx.gm.set_submodule(name, result)
         ctx.record(node, "replaced", "Linear -> PlainLinear (attention q/k/v projection)")
     else:
-        rule, why = rules.resolve_module_rule(type(module))
+        rule, why = registry.resolve_module_rule(type(module))
         kind = type(module).__module__ + "." + type(module).__qualname__
         if rule is None:
             ctx.unsupported(
@@ -461,7 +192,7 @@ def _convert_module_node(
                 node, kind, getattr(rule, "declined", "its rule does not cover this configuration")
             )
             return
-        if not (isinstance(result, nn.Module) or result is rules.KEEP or result is rules.REMOVE):
+        if not (isinstance(result, nn.Module) or result in (registry.KEEP, registry.REMOVE)):
             raise BcosifyError(
                 f"the conversion rule {getattr(rule, '__qualname__', rule)!r} for {kind} (at "
                 f"{name}) returned {result!r}; a module rule returns a replacement nn.Module, "
@@ -473,9 +204,9 @@ def _convert_module_node(
         elif isinstance(result, nn.Module):
             ctx.gm.set_submodule(name, result)
             ctx.record(node, "replaced", f"{_describe(module)} -> {_describe(result)}")
-    if result is rules.KEEP and _interesting_keep(module):
+    if result is registry.KEEP and _interesting_keep(module):
         ctx.record(node, "kept", type(module).__name__)
-    elif result is rules.REMOVE:
+    elif result is registry.REMOVE:
         ctx.remove_node(node, type(module).__name__)
 
 
@@ -491,21 +222,23 @@ def _interesting_keep(module: nn.Module) -> bool:
 
 # ------------------------------------------------------------------ classifier before pooling
 
-_FLATTEN_FUNCS = {torch.flatten, "flatten", "view", "reshape", "squeeze"}
-_DROPOUT_MODULES = (nn.Dropout, nn.Identity)
-
 
 def _is_passthrough(ctx: RewriteContext, node: fx.Node) -> bool:
+    """Dropout, the identity, or a flatten of N x C x 1 x 1 to N x C: what may stand between the
+    global pooling and the classifier."""
     if node.op == "call_module":
         m = ctx.gm.get_submodule(node.target)
-        if isinstance(m, _DROPOUT_MODULES):
+        if ops.is_op(node, "dropout", "identity", gm=ctx.gm):
             return True
         return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
-    if node.op in ("call_function", "call_method") and node.target in _FLATTEN_FUNCS:
+    if ops.is_op(node, "flatten", "view", "squeeze") and node.target not in (
+        "view_as",
+        "reshape_as",
+    ):
         rest = list(node.args[1:]) + list(node.kwargs.values())
-        if node.target in (torch.flatten, "flatten"):
+        if ops.is_op(node, "flatten"):
             return rest in ([1], [1, -1])
-        if node.target == "squeeze":
+        if ops.is_op(node, "squeeze"):
             return True
         # view/reshape(N, -1): the channel count must not be hard-coded
         if len(rest) == 2:
@@ -521,7 +254,7 @@ def _is_global_avg_pool(ctx: RewriteContext, node: fx.Node) -> bool:
     if node.target is F.adaptive_avg_pool2d:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         return size in (1, (1, 1), [1, 1])
-    if node.target in ("mean", torch.mean):
+    if ops.is_op(node, "mean"):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)
         return tuple(sorted(d % 4 for d in dims if isinstance(d, int))) == (2, 3)
@@ -536,7 +269,7 @@ def _is_channels_last_mean(node: fx.Node) -> bool:
     with it. (Reducing the last axis too would need a 3-d input for ``(1, 2)`` or a 2-d one for
     ``1``, and then the head's input would be the 1-d batch axis: no classifier is written so.)
     """
-    if node.op not in ("call_method", "call_function") or node.target not in ("mean", torch.mean):
+    if not ops.is_op(node, "mean"):
         return False
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)
@@ -618,8 +351,6 @@ def _linear_to_conv(linear: bnn.BcosLinear) -> bnn.BcosConv2d:
 
 # ------------------------------------------------------------------------- input encoding
 
-_SHAPE_USERS = {"size", "dim", getattr}
-
 
 def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float]) -> None:
     """Insert ``[x, 1 - x]`` after the input and fold the normalisation into the first layer.
@@ -633,7 +364,7 @@ def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float
         raise BcosifyError("the traced model has no input")
     x = placeholders[0]
     channels = len(mean)
-    consumers = [u for u in x.users if u.target not in _SHAPE_USERS]
+    consumers = [u for u in x.users if not ops.is_op(u, "shape")]
     mean_t = torch.as_tensor(mean, dtype=torch.float64)
     std_t = torch.as_tensor(std, dtype=torch.float64)
 

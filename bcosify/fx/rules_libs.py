@@ -1,5 +1,5 @@
 """Helpers shared by the rules for torchvision's and timm's layers (``rules_torchvision``,
-``rules_timm``), which :func:`bcosify.fx.rules.load_library_rules` loads on demand."""
+``rules_timm``), which :func:`bcosify.fx.registry.load_library_rules` loads on demand."""
 
 from __future__ import annotations
 
@@ -7,16 +7,23 @@ from torch import nn
 
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
-from bcosify.fx import rules
-from bcosify.fx.rules import KEEP, REMOVE
+from bcosify.fx import registry
+from bcosify.fx.registry import KEEP, REMOVE
 
 
-def _convert_submodule(module: nn.Module, config: BcosConfig) -> nn.Module:
-    """Apply the module rules to a child (e.g. the activation inside a norm-act layer)."""
-    rule = rules.get_module_rule(type(module))
+def _keep(module: nn.Module, config: BcosConfig):
+    return KEEP
+
+
+def _convert_submodule(module: nn.Module, config: BcosConfig) -> nn.Module | None:
+    """Apply the module rules to a child (e.g. the activation inside a norm-act layer); None
+    when the child is not supported (then neither is its parent)."""
+    rule = registry.get_module_rule(type(module))
     if rule is None:
-        return module
+        return None
     result = rule(module, config)
+    if result is None:
+        return None
     if result is REMOVE:
         return nn.Identity()
     return module if result is KEEP else result

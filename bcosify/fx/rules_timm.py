@@ -1,5 +1,6 @@
 """Rules for layers defined by timm; loaded when timm is imported and a model is converted
-(:func:`bcosify.fx.rules.load_library_rules`)."""
+(:func:`bcosify.fx.registry.load_library_rules`). timm's activation classes are spellings of
+torch's ops in the op table; its composite layers are ops of their own."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ from torch import Tensor, nn
 
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
-from bcosify.fx import rules
-from bcosify.fx.rules import KEEP, register_module_rule
+from bcosify.fx import ops, registry
+from bcosify.fx.registry import KEEP, add_op, extend_op, register_module_rule
 from bcosify.fx.rules_libs import _convert_submodule, _layernorm2d
 
+registry.begin_builtin_rules(__name__)
+
+_K = ops.Kind
 register_module_rule(tl.LayerNorm2d, _layernorm2d)
-register_module_rule(tl.DropPath, rules._keep)
+extend_op("dropout", modules=[tl.DropPath])
 # timm subclasses whose forward() is their base's function (a fast path, fp32 compute, the
 # first group): the base's rule holds
-rules.declare_safe_subclass(
+registry.declare_safe_subclass(
     *[
         getattr(tl, n)
         for n in ("Linear", "GroupNorm", "GroupNorm1", "LayerNorm", "LayerNormFp32")
@@ -29,7 +33,7 @@ rules.declare_safe_subclass(
 try:
     from timm.layers.split_batchnorm import SplitBatchNorm2d  # eval: its main BatchNorm
 
-    rules.declare_safe_subclass(SplitBatchNorm2d)
+    registry.declare_safe_subclass(SplitBatchNorm2d)
 except ImportError:  # pragma: no cover - older timm
     pass
 # LayerNorm over the channels of NCHW maps (permute, layer_norm, permute back): LayerNorm2d
@@ -40,38 +44,48 @@ for _n in ("LayerNorm2dFp32", "LayerNormExp2d"):
 try:
     from timm.layers.pool2d_same import AvgPool2dSame as _AvgPool2dSame
 
-    register_module_rule(_AvgPool2dSame, rules._keep)
+    extend_op("avg_pool", modules=[_AvgPool2dSame])
 except ImportError:  # pragma: no cover - older timm
     pass
 
 
+_ACT_DECLINED = "its activation has no conversion rule or is not supported on its own"
+
+
 @register_module_rule(tl.BatchNormAct2d)
 def _bn_act(module: tl.BatchNormAct2d, config: BcosConfig):
+    act = _convert_submodule(module.act, config)
+    if act is None:
+        return None
     return bnn.UncenteredBatchNormAct2d.from_batchnorm_act(
-        module,
-        _convert_submodule(module.act, config),
-        module.drop,
-        keep_bias=config.keep_bias,
+        module, act, module.drop, keep_bias=config.keep_bias
     )
+
+
+_bn_act.declined = _ACT_DECLINED
 
 
 def _norm_act_rule(act_cls: type, build):
     """timm's ``*NormAct`` layers subclass the plain norm but add dropout and an activation in
     their ``forward``: the plain norm's rule alone would drop the activation."""
 
-    def rule(module: nn.Module, config: BcosConfig) -> nn.Module:
+    def rule(module: nn.Module, config: BcosConfig) -> nn.Module | None:
+        act = _convert_submodule(module.act, config)
+        if act is None:
+            return None
         new = build(module, config)
         new.__class__ = act_cls
         new.drop = module.drop
-        new.act = _convert_submodule(module.act, config)
+        new.act = act
         return new
 
+    rule.declined = _ACT_DECLINED
     return rule
 
 
 def _rule_of(cls: type):
     def build(module: nn.Module, config: BcosConfig) -> nn.Module:
-        return rules.get_module_rule(cls)(module, config)
+        return registry.get_module_rule(cls)(module, config)
 
     return build
 
@@ -115,19 +129,26 @@ def _conv_same(module: tl.Conv2dSame, config: BcosConfig):
     )
 
 
-register_module_rule(tla.GELU, rules._gated("gelu"))
-register_module_rule(tla.GELUTanh, rules._gated("gelu_tanh"))
-register_module_rule(tla.QuickGELU, rules._gated("quick_gelu"))
-register_module_rule(tla.Swish, rules._gated("silu"))
-register_module_rule(tla.HardSwish, rules._gated("hardswish"))
-register_module_rule(tla.Mish, rules._gated("mish"))
-register_module_rule(tla.PReLU, rules._keep)
-for _gate in (tla.Sigmoid, tla.HardSigmoid, tla.Tanh):
-    register_module_rule(_gate, rules._keep)
-rules.GATE_MODULES = rules.GATE_MODULES + (tla.Sigmoid, tla.HardSigmoid, tla.Tanh)
-rules.GLU_MODULES = rules.GLU_MODULES + (tla.GELU, tla.GELUTanh, tla.QuickGELU, tla.Swish, tla.Mish)
+# timm's activation modules: spellings of torch's ops (GELUTanh is nn.GELU(approximate="tanh"))
+extend_op("gelu", modules=[tla.GELU])
+extend_op("silu", modules=[tla.Swish])
+extend_op("hardswish", modules=[tla.HardSwish])
+extend_op("mish", modules=[tla.Mish])
+extend_op("prelu", modules=[tla.PReLU])
+extend_op("sigmoid", modules=[tla.Sigmoid])
+extend_op("hardsigmoid", modules=[tla.HardSigmoid])
+extend_op("tanh", modules=[tla.Tanh])
+add_op(
+    ops.Op("gelu_tanh", _K.GATED_ACTIVATION, (tla.GELUTanh,), library="timm"),
+    lambda module, config: bnn.GatedActivation("gelu_tanh"),
+)
+add_op(
+    ops.Op("quick_gelu", _K.GATED_ACTIVATION, (tla.QuickGELU,), library="timm"),
+    lambda module, config: bnn.GatedActivation("quick_gelu"),
+)
 
 # Window/grid partition inverses and block reshapes: permutations of the tokens, linear.
+_TOKEN_PERMUTATIONS = []
 for _module_name, _fn_name in (
     ("timm.models.swin_transformer", "window_reverse"),
     ("timm.models.swin_transformer_v2", "window_reverse"),
@@ -144,9 +165,25 @@ for _module_name, _fn_name in (
 ):
     try:
         _mod = __import__(_module_name, fromlist=[_fn_name])
-        rules.NEUTRAL_FUNCTIONS.add(getattr(_mod, _fn_name))
+        _TOKEN_PERMUTATIONS.append(getattr(_mod, _fn_name))
     except (ImportError, AttributeError):  # pragma: no cover - depends on the timm version
         pass
+try:  # crossvit rescales the image for its second branch: an interpolation, linear
+    from timm.models.crossvit import scale_image as _scale_image
+
+    _TOKEN_PERMUTATIONS.append(_scale_image)
+except ImportError:  # pragma: no cover
+    pass
+add_op(
+    ops.Op(
+        "timm_token_layout",
+        _K.STRUCTURAL,
+        functions=tuple(_TOKEN_PERMUTATIONS),
+        note="window/grid partition inverses, block reshapes, image rescaling: linear",
+        library="timm",
+    ),
+    function_rule=lambda ctx, node: None,
+)
 
 
 @register_module_rule(_MaxPool2dSame)
@@ -221,9 +258,4 @@ for _name, _dim in (
             _cls, lambda m, c, _d=_dim: bnn.DetachableRmsNorm.from_rmsnorm(m, channel_dim=_d)
         )
 
-try:  # crossvit rescales the image for its second branch: an interpolation, linear
-    from timm.models.crossvit import scale_image as _scale_image
-
-    rules.NEUTRAL_FUNCTIONS.add(_scale_image)
-except ImportError:  # pragma: no cover
-    pass
+registry.end_builtin_rules(__name__)

@@ -1,5 +1,5 @@
 """Rules for layers defined by torchvision; loaded when torchvision is imported and a model is
-converted (:func:`bcosify.fx.rules.load_library_rules`)."""
+converted (:func:`bcosify.fx.registry.load_library_rules`)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,26 @@ from torchvision.ops import StochasticDepth
 
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
-from bcosify.fx import rules
-from bcosify.fx.rules import register_module_rule
+from bcosify.fx import ops, registry
+from bcosify.fx.registry import add_op, extend_op, register_module_rule
 from bcosify.fx.rules_libs import _bcos, _layernorm2d, _plain, _retype
+
+registry.begin_builtin_rules(__name__)
 
 register_module_rule(_TvLayerNorm2d, _layernorm2d)
 # the window-attention rule builds the v2 module for ShiftedWindowAttentionV2 itself
-rules.declare_safe_subclass(_tv_swin.ShiftedWindowAttentionV2)
-register_module_rule(StochasticDepth, rules._keep)
+registry.declare_safe_subclass(_tv_swin.ShiftedWindowAttentionV2)
+extend_op("dropout", modules=[StochasticDepth])
 # zero padding to an even size, four strided slices, a concatenation: linear
-rules.NEUTRAL_FUNCTIONS.add(_tv_swin._patch_merging_pad)
+add_op(
+    ops.Op(
+        "torchvision_patch_merging_pad",
+        ops.Kind.STRUCTURAL,
+        functions=(_tv_swin._patch_merging_pad,),
+        library="torchvision",
+    ),
+    function_rule=lambda ctx, node: None,
+)
 
 
 class BcosShiftedWindowAttention(bnn.DetachableModule, _tv_swin.ShiftedWindowAttention):
@@ -72,3 +82,6 @@ def _tv_window_attention(module, config: BcosConfig):
             bias[n : 2 * n] = 0
         new.qkv.bias = nn.Parameter(bias, requires_grad=module.qkv.bias.requires_grad)
     return new
+
+
+registry.end_builtin_rules(__name__)

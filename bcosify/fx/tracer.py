@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bcosify.errors import TraceError
-from bcosify.fx.rules import is_rule_leaf
+from bcosify.fx.registry import is_rule_leaf
 
 __all__ = ["BcosTracer", "trace"]
 

@@ -1,25 +1,10 @@
-"""Conversion rule tables.
-
-A *module rule* maps a module type to a function ``rule(module, config)`` returning a replacement
-module, :data:`KEEP` (leave it) or :data:`REMOVE` (the call becomes the identity on its first
-input).
-Lookup walks the type's MRO, most specific class first, so a rule for a subclass (timm's
-``BatchNormAct2d``) wins over its base (``nn.BatchNorm2d``). Every type with a module rule is a leaf
-for the tracer: its ``forward`` is not traced into.
-
-A *function rule* handles a graph node calling a function (``F.relu``) or a tensor method
-(``"relu_"``): ``rule(ctx, node)`` may rewrite the graph through the :class:`RewriteContext`.
-Functions and methods that are linear or purely structural (``torch.cat``, ``view``) are
-registered as neutral and pass through unchanged.
-"""
+"""bcosify's rules for torch's own ops: one module rule and one function rule per op of the op
+table (:mod:`bcosify.fx.ops`), registered for every spelling of the op at once. Loaded by
+:func:`bcosify.fx.registry.load_library_rules` before the first conversion or rule lookup."""
 
 from __future__ import annotations
 
-import importlib
 import operator
-import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,368 +14,22 @@ from torch import nn
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError
-from bcosify.fx import nodemap
+from bcosify.fx import nodemap, ops, registry
 from bcosify.fx.graph import matmul_operands
+from bcosify.fx.registry import (
+    KEEP,
+    REMOVE,
+    FunctionRule,
+    ModuleRule,
+    add_op,
+    get_module_rule,
+    register_op_rules,
+)
 
 if TYPE_CHECKING:
     from bcosify.fx.passes import RewriteContext
 
-__all__ = [
-    "KEEP",
-    "REMOVE",
-    "register_module_rule",
-    "register_function_rule",
-    "get_module_rule",
-    "get_function_rule",
-    "list_module_rules",
-    "load_library_rules",
-    "resolve_module_rule",
-    "scoped_rules",
-    "declare_safe_subclass",
-    "unregister_module_rule",
-    "unregister_function_rule",
-    "GATE_MODULES",
-]
-
-
-class _Action:
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-KEEP = _Action("KEEP")
-REMOVE = _Action("REMOVE")
-
-ModuleRule = Callable[[nn.Module, BcosConfig], "nn.Module | _Action"]
-FunctionRule = Callable[["RewriteContext", torch.fx.Node], None]
-
-_MODULE_RULES: dict[type, ModuleRule] = {}
-_FUNCTION_RULES: dict[Any, FunctionRule] = {}
-# keys the user registered (they win over built-in rules, gates included), and the built-in
-# rules they shadow (restored by unregistering)
-_USER_MODULE_TYPES: set[type] = set()
-_USER_FUNCTION_TARGETS: set[Any] = set()
-_SHADOWED: dict[tuple[str, Any], Callable] = {}
-# subclasses that override forward() yet compute their base's function (the base's rule holds)
-_SAFE_SUBCLASSES: set[type] = set()
-_BUILTIN = [True]  # True while bcosify registers its own rules (this module, library rules)
-
-
-def _key_name(key: Any) -> str:
-    if isinstance(key, type):
-        return f"{key.__module__}.{key.__qualname__}"
-    return key if isinstance(key, str) else getattr(key, "__qualname__", repr(key))
-
-
-def _set_rule(kind: str, key: Any, fn: Callable, override: bool) -> None:
-    table = _MODULE_RULES if kind == "module" else _FUNCTION_RULES
-    users = _USER_MODULE_TYPES if kind == "module" else _USER_FUNCTION_TARGETS
-    if _BUILTIN[0]:
-        table[key] = fn
-        return
-    if key in table and not override:
-        owner = "you registered" if key in users else "bcosify has"
-        raise BcosifyError(
-            f"a {kind} rule for {_key_name(key)} already exists ({owner} "
-            f"{getattr(table[key], '__qualname__', table[key])!r}); pass override=True to replace "
-            f"it, or unregister_{kind}_rule({_key_name(key)}) first"
-        )
-    if key in table and key not in users:
-        _SHADOWED[(kind, key)] = table[key]
-    table[key] = fn
-    users.add(key)
-
-
-def register_module_rule(
-    module_type: type, rule: ModuleRule | None = None, *, override: bool = False
-):
-    """Register how modules of ``module_type`` (and subclasses that do not override
-    ``forward``) are converted.
-
-    Can be used as a decorator. The rule receives the module and the :class:`BcosConfig` and
-    returns a replacement module, :data:`KEEP`, :data:`REMOVE`, or ``None`` (this configuration
-    is not supported: the module is reported). A rule registered here is consulted before
-    bcosify's own handling, also for gates (``nn.Sigmoid`` and the like).
-
-    Args:
-        module_type: an ``nn.Module`` subclass.
-        rule: the rule; omitted, the call returns a decorator.
-        override: replace a rule that already exists for exactly this type (a built-in one is
-            restored by :func:`unregister_module_rule`). Without it, that is an error.
-
-    Raises:
-        BcosifyError: for a type that is not an ``nn.Module`` subclass, a rule that is not
-            callable, or a type that already has a rule (without ``override``).
-
-    Example:
-        >>> class Scale(nn.Module):
-        ...     def forward(self, x):
-        ...         return 2 * x
-        >>> register_module_rule(Scale, lambda module, config: KEEP)
-        <function <lambda> at ...>
-        >>> _ = unregister_module_rule(Scale)
-    """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise BcosifyError(f"register_module_rule needs an nn.Module subclass, got {module_type!r}")
-
-    def _register(fn: ModuleRule) -> ModuleRule:
-        if not callable(fn):
-            raise BcosifyError(f"a module rule must be callable, got {fn!r}")
-        _set_rule("module", module_type, fn, override)
-        return fn
-
-    return _register if rule is None else _register(rule)
-
-
-def register_function_rule(
-    target: Callable | str, rule: FunctionRule | None = None, *, override: bool = False
-):
-    """Register how graph nodes calling ``target`` (a function, or a method name) are handled.
-
-    The rule receives the :class:`~bcosify.fx.passes.RewriteContext` and the node, and rewrites
-    the graph through the context. Consulted before bcosify's own handling, gates included
-    (``torch.sigmoid``, ``"sigmoid"``). ``override`` as in :func:`register_module_rule`.
-    """
-
-    def _register(fn: FunctionRule) -> FunctionRule:
-        if not callable(fn):
-            raise BcosifyError(f"a function rule must be callable, got {fn!r}")
-        try:
-            hash(target)
-        except TypeError as e:
-            raise BcosifyError(f"a function rule target must be hashable, got {target!r}") from e
-        _set_rule("function", target, fn, override)
-        return fn
-
-    return _register if rule is None else _register(rule)
-
-
-def _unregister(kind: str, key: Any) -> Callable:
-    table = _MODULE_RULES if kind == "module" else _FUNCTION_RULES
-    users = _USER_MODULE_TYPES if kind == "module" else _USER_FUNCTION_TARGETS
-    if key not in users:
-        raise BcosifyError(
-            f"no {kind} rule of yours is registered for {_key_name(key)}; only rules registered "
-            f"with register_{kind}_rule can be unregistered"
-        )
-    users.discard(key)
-    fn = table.pop(key)
-    builtin = _SHADOWED.pop((kind, key), None)
-    if builtin is not None:
-        table[key] = builtin
-    return fn
-
-
-def unregister_module_rule(module_type: type) -> ModuleRule:
-    """Remove the rule you registered for ``module_type`` (a built-in rule it replaced comes
-    back); returns it.
-
-    Raises:
-        BcosifyError: if no rule of yours is registered for exactly this type.
-    """
-    return _unregister("module", module_type)
-
-
-def unregister_function_rule(target: Callable | str) -> FunctionRule:
-    """Remove the rule you registered for ``target``; returns it (see
-    :func:`unregister_module_rule`)."""
-    return _unregister("function", target)
-
-
-@contextmanager
-def scoped_rules(rules: Mapping[Any, Callable] | None = None) -> Iterator[None]:
-    """Rules that hold inside the ``with`` block only.
-
-    ``rules`` maps module types to module rules and functions or method names to function
-    rules; they replace existing rules for the same keys (``override=True``). On leaving the
-    block every rule table is as it was, including rules registered inside the block.
-
-    Example:
-        >>> with scoped_rules({nn.ELU: lambda module, config: KEEP}):
-        ...     get_module_rule(nn.ELU) is not None
-        True
-        >>> get_module_rule(nn.ELU) is None
-        True
-    """
-    load_library_rules()
-    saved_tables = {"module": dict(_MODULE_RULES), "function": dict(_FUNCTION_RULES)}
-    saved_users = {"module": set(_USER_MODULE_TYPES), "function": set(_USER_FUNCTION_TARGETS)}
-    saved_shadowed, saved_safe = dict(_SHADOWED), set(_SAFE_SUBCLASSES)
-    try:
-        for key, fn in (rules or {}).items():
-            if isinstance(key, type) and issubclass(key, nn.Module):
-                register_module_rule(key, fn, override=True)
-            else:
-                register_function_rule(key, fn, override=True)
-        yield
-    finally:
-        for kind, table, users in (
-            ("module", _MODULE_RULES, _USER_MODULE_TYPES),
-            ("function", _FUNCTION_RULES, _USER_FUNCTION_TARGETS),
-        ):
-            before = saved_tables[kind]
-            for key in list(table):
-                if key in before:
-                    table[key] = before[key]
-                elif key in users:  # registered inside the block
-                    builtin = _SHADOWED.get((kind, key))
-                    if builtin is not None and (kind, key) not in saved_shadowed:
-                        table[key] = builtin  # a library rule loaded inside the block
-                    else:
-                        del table[key]
-                # else: a library's built-in rule loaded inside the block stays
-            for key, fn in before.items():
-                table.setdefault(key, fn)
-            users.clear()
-            users.update(saved_users[kind])
-        for key in list(_SHADOWED):
-            if key not in saved_shadowed and key[1] not in saved_users[key[0]]:
-                del _SHADOWED[key]
-        _SHADOWED.update(saved_shadowed)
-        _SAFE_SUBCLASSES.clear()
-        _SAFE_SUBCLASSES.update(saved_safe)
-
-
-def declare_safe_subclass(*module_types: type) -> None:
-    """Declare that these subclasses compute the same function as their base class although
-    they override ``forward`` (a faster or more general implementation), so the base class's
-    rule converts them.
-
-    A subclass that overrides ``forward`` inherits no rule otherwise: its own computation may
-    differ (a weight-standardised convolution is not a convolution), and converting it with
-    the base's rule would be silently wrong. It is reported instead.
-
-    Example:
-        >>> class FastConv(nn.Conv2d):
-        ...     def forward(self, x):
-        ...         return super().forward(x)
-        >>> get_module_rule(FastConv) is None
-        True
-        >>> declare_safe_subclass(FastConv)
-        >>> get_module_rule(FastConv) is get_module_rule(nn.Conv2d)
-        True
-    """
-    for t in module_types:
-        if not (isinstance(t, type) and issubclass(t, nn.Module)):
-            raise BcosifyError(f"declare_safe_subclass needs nn.Module subclasses, got {t!r}")
-        _SAFE_SUBCLASSES.add(t)
-
-
-def is_user_rule(key: Any) -> bool:
-    """Whether the user registered a rule for this module type (or one of its bases that
-    applies to it) or function target."""
-    if isinstance(key, type):
-        rule, _ = resolve_module_rule(key)
-        return rule is not None and any(
-            _MODULE_RULES.get(c) is rule and c in _USER_MODULE_TYPES for c in key.__mro__
-        )
-    try:
-        return key in _USER_FUNCTION_TARGETS
-    except TypeError:
-        return False
-
-
-_LIBRARY_RULES = (
-    ("torchvision", "bcosify.fx.rules_torchvision"),
-    ("timm", "bcosify.fx.rules_timm"),
-)
-_LOADED_LIBRARY_RULES: set[str] = set()
-
-
-def load_library_rules() -> list[str]:
-    """Register the built-in rules for the layers of torchvision and timm, for each of the two
-    that is imported (a model made of a library's layers cannot exist before the library is
-    imported, so ``import bcosify`` need not import either). Conversion and the rule lookups
-    call this; calling it again is cheap.
-
-    A rule the user registered before for a library class stays: built-in rules never replace
-    user rules.
-
-    Returns:
-        The rule modules loaded by this call.
-    """
-    loaded = []
-    for library, module in _LIBRARY_RULES:
-        if module in _LOADED_LIBRARY_RULES or library not in sys.modules:
-            continue
-        _LOADED_LIBRARY_RULES.add(module)
-        before_modules, before_functions = dict(_MODULE_RULES), dict(_FUNCTION_RULES)
-        was = _BUILTIN[0]
-        _BUILTIN[0] = True
-        try:
-            importlib.import_module(module)
-        except BaseException:
-            _LOADED_LIBRARY_RULES.discard(module)
-            raise
-        finally:
-            _BUILTIN[0] = was
-        for kind, table, before in (
-            ("module", _MODULE_RULES, before_modules),
-            ("function", _FUNCTION_RULES, before_functions),
-        ):
-            for key, fn in before.items():
-                if table.get(key) is not fn:  # the user's rule stays; the built-in waits behind it
-                    _SHADOWED[(kind, key)] = table[key]
-                    table[key] = fn
-        loaded.append(module)
-    return loaded
-
-
-def resolve_module_rule(module_type: type) -> tuple[ModuleRule | None, str | None]:
-    """The rule for ``module_type`` and, when it has none, why.
-
-    The rule is the one registered for the most specific class in its MRO, unless a class on
-    the way to it overrides ``forward`` without being declared safe
-    (:func:`declare_safe_subclass`): then there is none, and the reason says so.
-    """
-    load_library_rules()
-    mro = module_type.__mro__
-    for i, cls in enumerate(mro):
-        rule = _MODULE_RULES.get(cls)
-        if rule is not None:
-            return rule, None
-        if "forward" in cls.__dict__ and cls not in _SAFE_SUBCLASSES and cls is not nn.Module:
-            base = next((b for b in mro[i + 1 :] if b in _MODULE_RULES), None)
-            if base is None:
-                return None, None
-            return None, (
-                f"{cls.__qualname__} overrides forward() of {base.__qualname__}, so "
-                f"{base.__qualname__}'s rule may not compute what it computes; register a "
-                f"rule for {_key_name(module_type)} with bcosify.register_module_rule, or, if its "
-                "forward computes the same function, bcosify.declare_safe_subclass("
-                f"{module_type.__qualname__})"
-            )
-    return None, None
-
-
-def get_module_rule(module_type: type) -> ModuleRule | None:
-    """The rule for ``module_type`` (see :func:`resolve_module_rule`), or None."""
-    return resolve_module_rule(module_type)[0]
-
-
-def is_rule_leaf(module_type: type) -> bool:
-    """Whether the tracer keeps modules of this type whole: some class in its MRO has a rule
-    (when a subclass's override blocks it, the module is reported, not traced into)."""
-    load_library_rules()
-    return any(c in _MODULE_RULES for c in module_type.__mro__)
-
-
-def get_function_rule(target: Callable | str) -> FunctionRule | None:
-    load_library_rules()
-    try:
-        return _FUNCTION_RULES.get(target)
-    except TypeError:  # unhashable target
-        return None
-
-
-def list_module_rules() -> dict[type, ModuleRule]:
-    """A copy of the module rule table (with the rules of the imported libraries)."""
-    load_library_rules()
-    return dict(_MODULE_RULES)
-
+registry.begin_builtin_rules(__name__)
 
 # --------------------------------------------------------------------------- module rules
 
@@ -399,36 +38,28 @@ def _keep(module: nn.Module, config: BcosConfig):
     return KEEP
 
 
-@register_module_rule(nn.Conv2d)
 def _conv2d(module: nn.Conv2d, config: BcosConfig):
     return bnn.BcosConv2d.from_conv2d(
         module, b=config.b, keep_bias=config.keep_bias, normalize_weights=config.normalize_weights
     )
 
 
-@register_module_rule(nn.Linear)
 def _linear(module: nn.Linear, config: BcosConfig):
     return bnn.BcosLinear.from_linear(
         module, b=config.b, keep_bias=config.keep_bias, normalize_weights=config.normalize_weights
     )
 
 
-@register_module_rule(nn.BatchNorm2d)
-def _bn2d(module: nn.BatchNorm2d, config: BcosConfig):
+def _batchnorm(module: nn.Module, config: BcosConfig):
+    if isinstance(module, nn.BatchNorm1d):
+        return bnn.UncenteredBatchNorm1d.from_batchnorm(module, keep_bias=config.keep_bias)
     return bnn.UncenteredBatchNorm2d.from_batchnorm(module, keep_bias=config.keep_bias)
 
 
-@register_module_rule(nn.BatchNorm1d)
-def _bn1d(module: nn.BatchNorm1d, config: BcosConfig):
-    return bnn.UncenteredBatchNorm1d.from_batchnorm(module, keep_bias=config.keep_bias)
-
-
-@register_module_rule(nn.LayerNorm)
 def _layernorm(module: nn.LayerNorm, config: BcosConfig):
     return bnn.DetachableLayerNorm.from_layernorm(module, keep_bias=config.keep_bias)
 
 
-@register_module_rule(nn.GroupNorm)
 def _groupnorm(module: nn.GroupNorm, config: BcosConfig):
     return bnn.DetachableGroupNorm.from_groupnorm(module, keep_bias=config.keep_bias)
 
@@ -443,11 +74,6 @@ def _relu(module: nn.Module, config: BcosConfig):
     return KEEP
 
 
-for _t in (nn.ReLU, nn.ReLU6):
-    register_module_rule(_t, _relu)
-
-
-@register_module_rule(nn.Hardtanh)
 def _hardtanh(module: nn.Hardtanh, config: BcosConfig):
     """``nn.Hardtanh(0, c)`` is a capped ReLU, as ``F.hardtanh(x, 0, c)`` and ReLU6 are."""
     if module.min_val == 0.0:
@@ -457,25 +83,6 @@ def _hardtanh(module: nn.Hardtanh, config: BcosConfig):
 
 _hardtanh.declined = "a clipping non-linearity that is not a capped ReLU (min_val 0)"
 
-# Unfold/fold and the padding modules only copy input values: linear, exact as they are (the
-# functional spellings F.unfold, F.fold and F.pad are neutral functions)
-for _t in (
-    nn.Unfold,
-    nn.Fold,
-    nn.ReflectionPad1d,
-    nn.ReflectionPad2d,
-    nn.ReflectionPad3d,
-    nn.ReplicationPad1d,
-    nn.ReplicationPad2d,
-    nn.ReplicationPad3d,
-    *[
-        getattr(nn, n)
-        for n in ("CircularPad1d", "CircularPad2d", "CircularPad3d")
-        if hasattr(nn, n)
-    ],
-):
-    register_module_rule(_t, _keep)
-
 
 def _gated(kind: str) -> ModuleRule:
     def rule(module: nn.Module, config: BcosConfig):
@@ -484,14 +91,9 @@ def _gated(kind: str) -> ModuleRule:
     return rule
 
 
-register_module_rule(nn.SiLU, _gated("silu"))
-register_module_rule(nn.Hardswish, _gated("hardswish"))
-register_module_rule(nn.Mish, _gated("mish"))
-
-
-@register_module_rule(nn.GELU)
 def _gelu(module: nn.GELU, config: BcosConfig):
-    return bnn.GatedActivation("gelu_tanh" if module.approximate == "tanh" else "gelu")
+    tanh = getattr(module, "approximate", "none") == "tanh"
+    return bnn.GatedActivation("gelu_tanh" if tanh else "gelu")
 
 
 def _maxpool(module: nn.Module, config: BcosConfig):
@@ -506,146 +108,35 @@ def _maxpool(module: nn.Module, config: BcosConfig):
     return KEEP
 
 
-for _t in (nn.MaxPool2d, nn.AdaptiveMaxPool2d):
-    register_module_rule(_t, _maxpool)
-
-# Linear or structural modules, and piecewise-linear activations (exact without detaching).
-for _t in (
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.AlphaDropout,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.ZeroPad2d,
-    nn.PixelShuffle,
-    nn.PixelUnshuffle,
-    nn.ChannelShuffle,
-    nn.LeakyReLU,
-    nn.PReLU,
-    bnn.DetachableGate,
-    bnn.InputEncoding,
-    bnn.LogitLayer,
-):
-    register_module_rule(_t, _keep)
-
-# Gates: kept as they are where they scale a tensor (the product is then detached), unsupported
-# anywhere else. The converter checks the use.
-GATE_MODULES: tuple[type, ...] = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Softmax)
-for _t in GATE_MODULES:
-    register_module_rule(_t, _keep)
-
 # --------------------------------------------------------------------------- function rules
 
-GATE_FUNCTIONS = {
-    torch.sigmoid,
-    F.sigmoid,
-    F.hardsigmoid,
-    torch.tanh,
-    F.tanh,
-    torch.softmax,
-    F.softmax,
-    "sigmoid",
-    "tanh",
-    "softmax",
-    # in-place spellings: the same gates
-    torch.sigmoid_,
-    torch.tanh_,
-    "sigmoid_",
-    "tanh_",
+
+_IN_PLACE = {
+    torch.relu_: torch.relu,
+    F.relu_: torch.relu,
+    F.hardtanh_: F.hardtanh,
+    F.leaky_relu_: F.leaky_relu,
+    torch.sigmoid_: torch.sigmoid,
+    torch.tanh_: torch.tanh,
 }
 
-NEUTRAL_FUNCTIONS = {
-    operator.getitem,
-    getattr,
-    operator.neg,
-    torch.cat,
-    torch.concat,
-    torch.stack,
-    torch.flatten,
-    torch.reshape,
-    torch.permute,
-    torch.transpose,
-    torch.squeeze,
-    torch.unsqueeze,
-    torch.chunk,
-    torch.split,
-    torch.narrow,
-    torch.roll,
-    torch.mean,
-    torch.sum,
-    torch.nn.functional.adaptive_avg_pool2d,
-    torch.nn.functional.avg_pool2d,
-    torch.nn.functional.adaptive_avg_pool1d,
-    torch.nn.functional.avg_pool1d,
-    torch.nn.functional.interpolate,
-    torch.nn.functional.pixel_shuffle,
-    torch.nn.functional.pixel_unshuffle,
-    torch.channel_shuffle,
-    torch.nn.functional.channel_shuffle,
-    torch._assert,
-    F.leaky_relu,
-    torch.unbind,
-    torch.swapaxes,
-    torch.movedim,
-}
-for _name in (
-    "unbind",
-    "swapaxes",
-    "swapdims",
-    "movedim",
-    "select",
-    "tile",
-    "repeat_interleave",
-    "index_select",
-    "size",
-    "dim",
-    "view",
-    "reshape",
-    "flatten",
-    "unflatten",
-    "permute",
-    "transpose",
-    "contiguous",
-    "squeeze",
-    "unsqueeze",
-    "chunk",
-    "split",
-    "narrow",
-    "expand",
-    "expand_as",
-    "repeat",
-    "mean",
-    "sum",
-    "roll",
-    "clone",
-    "float",
-    "to",
-    "type_as",
-    "view_as",
-    "reshape_as",
-    "flip",
-):
-    NEUTRAL_FUNCTIONS.add(_name)
 
-RELU_FUNCTIONS = {torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, "relu", "relu_"}
+def _out_of_place(node: torch.fx.Node) -> None:
+    """Write an in-place call (``relu_``, ``F.relu(x, inplace=True)``) out of place: explaining
+    needs the input's value after the call."""
+    if node.kwargs.get("inplace"):
+        node.update_kwarg("inplace", False)
+    if node.op == "call_method" and str(node.target).endswith("_"):
+        node.target = str(node.target)[:-1]
+    elif node.op == "call_function" and node.target in _IN_PLACE:
+        node.target = _IN_PLACE[node.target]
 
 
 def _rule_relu(ctx: RewriteContext, node: torch.fx.Node) -> None:
     if ctx.config.activation == "remove":
         ctx.remove_node(node, "ReLU")
     else:
-        if node.kwargs.get("inplace"):
-            node.update_kwarg("inplace", False)
-        if node.op == "call_method" and node.target == "relu_":
-            node.target = "relu"
-        if node.target in (torch.relu_, F.relu_):
-            node.target = torch.relu
+        _out_of_place(node)
         capped = node.target in (F.relu6, F.hardtanh)
         if capped and ctx.config.activation == "keep":  # the cap at 6 is a constant
             node.target = torch.relu
@@ -655,11 +146,6 @@ def _rule_relu(ctx: RewriteContext, node: torch.fx.Node) -> None:
         ctx.record(node, "kept", "ReLU6" if capped else "ReLU")
 
 
-for _f in RELU_FUNCTIONS:
-    register_function_rule(_f, _rule_relu)
-
-
-@register_function_rule(F.hardtanh)
 def _rule_hardtanh(ctx: RewriteContext, node: torch.fx.Node) -> None:
     lo = node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0)
     if lo == 0.0:  # a capped ReLU (ReLU6 written as hardtanh): the cap is a constant
@@ -678,24 +164,12 @@ def _rule_gated_function(kind: str) -> FunctionRule:
     return rule
 
 
-for _f, _kind in (
-    (F.silu, "silu"),
-    ("silu", "silu"),
-    (F.gelu, "gelu"),
-    (F.hardswish, "hardswish"),
-    (F.mish, "mish"),
-):
-    register_function_rule(_f, _rule_gated_function(_kind))
-
-
-@register_function_rule(F.max_pool2d)
 def _rule_max_pool2d(ctx: RewriteContext, node: torch.fx.Node) -> None:
     if ctx.config.maxpool == "keep":
         ctx.record(node, "kept", "max_pool2d")
         return
     names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
-    args = dict(zip(names, node.args))
-    args.update(node.kwargs)
+    args = _call_args(node, names)
     if args.get("return_indices") or args.get("dilation", 1) not in (1, (1, 1)):
         ctx.record(node, "kept", "max_pool2d")
         return
@@ -708,7 +182,6 @@ def _rule_max_pool2d(ctx: RewriteContext, node: torch.fx.Node) -> None:
     ctx.replace_with_module(node, pool, "max_pool2d", inputs=(args["input"],))
 
 
-@register_function_rule(F.adaptive_max_pool2d)
 def _rule_adaptive_max_pool2d(ctx: RewriteContext, node: torch.fx.Node) -> None:
     if ctx.config.maxpool == "keep":
         ctx.record(node, "kept", "adaptive_max_pool2d")
@@ -718,23 +191,28 @@ def _rule_adaptive_max_pool2d(ctx: RewriteContext, node: torch.fx.Node) -> None:
     ctx.replace_with_module(node, pool, "adaptive_max_pool2d", inputs=(node.args[0],))
 
 
-@register_function_rule(F.dropout)
+_DROPOUT_MODULES = {
+    F.dropout1d: nn.Dropout1d,
+    F.dropout2d: nn.Dropout2d,
+    F.dropout3d: nn.Dropout3d,
+    F.alpha_dropout: nn.AlphaDropout,
+    torch.alpha_dropout: nn.AlphaDropout,
+    torch.alpha_dropout_: nn.AlphaDropout,
+}
+
+
 def _rule_dropout(ctx: RewriteContext, node: torch.fx.Node) -> None:
     # ``training`` was baked in at trace time: make it a module that follows train()/eval().
     p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
     source = node.args[0] if node.args else node.kwargs["input"]
-    ctx.replace_with_module(node, nn.Dropout(p), "dropout", inputs=(source,), quiet=True)
+    module = _DROPOUT_MODULES.get(node.target, nn.Dropout)(p)
+    ctx.replace_with_module(node, module, "dropout", inputs=(source,), quiet=True)
 
 
 def _is_const(ctx: RewriteContext, a: Any) -> bool:
     return not (isinstance(a, torch.fx.Node) and a in ctx.dependent)
 
 
-@register_function_rule(operator.mul)
-@register_function_rule(torch.mul)
-@register_function_rule("mul")
-@register_function_rule(operator.imul)
-@register_function_rule("mul_")
 def _rule_mul(ctx: RewriteContext, node: torch.fx.Node) -> None:
     a, b = node.args[0], node.args[1]
     if _is_const(ctx, a) or _is_const(ctx, b):
@@ -753,10 +231,6 @@ def _rule_mul(ctx: RewriteContext, node: torch.fx.Node) -> None:
         "softmax scaling a tensor); BcosConfig(products='detach') detaches one factor, or "
         "register a rule",
     )
-
-
-DIV_TARGETS = {operator.truediv, torch.div, "div", "div_", operator.itruediv}
-"""Every spelling of a division (the product policy detaches an input-dependent divisor)."""
 
 
 def _rule_div(ctx: RewriteContext, node: torch.fx.Node) -> None:
@@ -784,10 +258,6 @@ def _rule_div(ctx: RewriteContext, node: torch.fx.Node) -> None:
     )
 
 
-for _f in DIV_TARGETS:
-    register_function_rule(_f, _rule_div)
-
-
 def constant_label(ctx: RewriteContext, node: torch.fx.Node, const: Any) -> str:
     """A readable name for a constant: the parameters/buffers it is computed from, or the node."""
     if isinstance(const, torch.fx.Node):
@@ -803,9 +273,6 @@ def constant_label(ctx: RewriteContext, node: torch.fx.Node, const: Any) -> str:
         if names:
             return "+".join(sorted(set(names)))
     return f"{ctx.qualname(node)}.constant"
-
-
-_SUB_TARGETS = {operator.sub, torch.sub, "sub", operator.isub, "sub_"}
 
 
 def _rule_add(ctx: RewriteContext, node: torch.fx.Node) -> None:
@@ -824,7 +291,7 @@ def _rule_add(ctx: RewriteContext, node: torch.fx.Node) -> None:
     if not isinstance(const, (int, float, torch.fx.Node)):
         ctx.unsupported(node, "add", f"an additive constant of type {type(const).__name__}")
         return
-    subtract = _is_in(node.target, _SUB_TARGETS)
+    subtract = ops.is_op(node, "sub")
     x = b if const_a else a
     label = constant_label(ctx, node, const)
     if subtract and const_a:  # c - x = (-x) + c
@@ -842,20 +309,6 @@ def _rule_add(ctx: RewriteContext, node: torch.fx.Node) -> None:
     ctx.record(new, "inserted", "AddConstant (constant reported in explanations)", label)
 
 
-for _f in (operator.add, operator.iadd, torch.add, "add", "add_", *_SUB_TARGETS):
-    register_function_rule(_f, _rule_add)
-
-
-def _is_in(target: Any, table: set) -> bool:
-    try:
-        return target in table
-    except TypeError:
-        return False
-
-
-@register_function_rule(torch.cat)
-@register_function_rule(torch.concat)
-@register_function_rule(torch.stack)
 def _rule_cat(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """Constant pieces of a concatenation (a class token) are recorded for explanations."""
     tensors = node.args[0] if node.args else node.kwargs.get("tensors")
@@ -881,23 +334,17 @@ def _rule_cat(ctx: RewriteContext, node: torch.fx.Node) -> None:
         node.update_kwarg("tensors", type(tensors)(new_tensors))
 
 
-@register_function_rule(operator.matmul)
-@register_function_rule(torch.matmul)
-@register_function_rule("matmul")
-@register_function_rule(torch.bmm)
-@register_function_rule("bmm")
-@register_function_rule(torch.einsum)
 def _rule_matmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """``attn @ v``: the attention matrix (a softmax) is detached in explanation mode; a product
     with a constant matrix is linear."""
-    ops = matmul_operands(node)
-    if len(ops) != 2 or any(_is_const(ctx, o) for o in ops):
+    operands = matmul_operands(node)
+    if len(operands) != 2 or any(_is_const(ctx, o) for o in operands):
         return
     if node in ctx.detach_policy:
         ctx.detach_operand(node, *ctx.detach_policy[node])
         return
     offset = 1 if node.target is torch.einsum else 0
-    for i, operand in enumerate(ops):
+    for i, operand in enumerate(operands):
         if operand in ctx.gates:
             if offset and isinstance(node.args[1], (list, tuple)):
                 break  # einsum with a list of operands: not rewritten
@@ -926,7 +373,6 @@ def _products_off(ctx: RewriteContext, node: torch.fx.Node, kind: str, what: str
     return True
 
 
-@register_function_rule(F.normalize)
 def _rule_normalize(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """``F.normalize``: the norm becomes a dynamic weight (the product policy's divisor)."""
     args = _call_args(node, ["input", "p", "dim", "eps", "out"])
@@ -943,7 +389,7 @@ def _rule_normalize(ctx: RewriteContext, node: torch.fx.Node) -> None:
 def _rule_pow(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """``x ** p`` with a constant ``p >= 1``: ``x * x ** (p - 1)``, the second factor a dynamic
     weight (:class:`~bcosify.nn.DetachablePower`); ``square`` is ``p = 2``."""
-    square = node.target in (torch.square, "square")
+    square = node.target in (torch.square, torch.square_, "square", "square_")
     args = _call_args(node, ["input"] if square else ["input", "exponent"])
     base, exponent = args["input"], 2 if square else args.get("exponent")
     if _is_const(ctx, base) or isinstance(exponent, torch.fx.Node):
@@ -959,12 +405,6 @@ def _rule_pow(ctx: RewriteContext, node: torch.fx.Node) -> None:
     ctx.replace_with_module(node, bnn.DetachablePower(exponent), "pow", inputs=(base,))
 
 
-for _f in (operator.pow, torch.pow, "pow", torch.square, "square"):
-    register_function_rule(_f, _rule_pow)
-
-
-@register_function_rule(torch.amax)
-@register_function_rule("amax")
 def _rule_amax(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """A max over dimensions is piecewise linear: kept with ``maxpool="keep"``, else a mean over
     the same dimensions, as max pooling becomes average pooling."""
@@ -976,8 +416,6 @@ def _rule_amax(ctx: RewriteContext, node: torch.fx.Node) -> None:
     ctx.replace_with_module(node, module, "amax", inputs=(args["input"],))
 
 
-@register_function_rule(torch.max)
-@register_function_rule("max")
 def _rule_max(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """``max(x)`` and ``max(x, dim)`` as :func:`_rule_amax` (``max(x, dim)`` keeps its values and
     indices); ``max(a, b)`` of two input-dependent tensors picks one of them (piecewise linear,
@@ -1000,8 +438,6 @@ def _rule_max(ctx: RewriteContext, node: torch.fx.Node) -> None:
     ctx.replace_with_module(node, module, "max", inputs=(args["input"],))
 
 
-@register_function_rule(torch.addcmul)
-@register_function_rule("addcmul")
 def _rule_addcmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """``addcmul(input, t1, t2, value=v)`` is rewritten as ``input + t1 * t2 * v`` (an affine
     map when one factor is constant: ResMLP's ``Affine``, GRN); the constant ``input`` is
@@ -1031,12 +467,10 @@ def _rule_addcmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
         _rule_add(ctx, out)
 
 
-@register_function_rule(F.scaled_dot_product_attention)
 def _rule_sdpa(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """Fused attention is unfused so the attention matrix can be detached."""
     names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]
-    args = dict(zip(names, node.args))
-    args.update(node.kwargs)
+    args = _call_args(node, names)
     unknown = set(args) - set(names)
     if unknown:
         ctx.unsupported(node, "scaled_dot_product_attention", f"arguments {sorted(unknown)}")
@@ -1063,8 +497,7 @@ def _rule_functional_norm(kind: str) -> FunctionRule:
     }[kind]
 
     def rule(ctx: RewriteContext, node: torch.fx.Node) -> None:
-        args = dict(zip(names, node.args))
-        args.update(node.kwargs)
+        args = _call_args(node, names)
         weight, bias = args.get("weight"), args.get("bias")
         params = [a for a in (weight, bias) if a is not None]
         if not all(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in params):
@@ -1108,11 +541,6 @@ def _with_params(module: nn.Module, weight: Any, bias: Any) -> nn.Module:
     return module
 
 
-register_function_rule(F.layer_norm, _rule_functional_norm("layer_norm"))
-register_function_rule(F.group_norm, _rule_functional_norm("group_norm"))
-
-
-@register_function_rule(F.pad)
 def _rule_pad(ctx: RewriteContext, node: torch.fx.Node) -> None:
     mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
     value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
@@ -1120,49 +548,18 @@ def _rule_pad(ctx: RewriteContext, node: torch.fx.Node) -> None:
         ctx.unsupported(node, "F.pad", f"padding with the constant {value} (only 0 is linear)")
 
 
-def is_neutral(target: Any) -> bool:
-    try:
-        return target in NEUTRAL_FUNCTIONS
-    except TypeError:
-        return False
-
-
-GLU_MODULES: tuple[type, ...] = (nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish)
-GLU_FUNCTIONS = {F.silu, F.gelu, F.mish, F.hardswish, "silu", "gelu"}
-
-
-def is_glu_gate(node: torch.fx.Node, module: nn.Module | None) -> bool:
-    """An activation output that multiplies another tensor (the gate of a GLU)."""
-    if node.op == "call_module":
-        return isinstance(module, GLU_MODULES)
-    try:
-        return node.target in GLU_FUNCTIONS
-    except TypeError:
-        return False
-
-
-def is_gate_target(node: torch.fx.Node, module: nn.Module | None) -> bool:
-    """Whether the node is a gate bcosify handles itself (not when the user registered a rule
-    for it)."""
-    if node.op == "call_module":
-        return isinstance(module, GATE_MODULES) and not is_user_rule(type(module))
-    try:
-        return node.target in GATE_FUNCTIONS and node.target not in _USER_FUNCTION_TARGETS
-    except TypeError:
-        return False
-
-
 def _rule_functional_layer(kind: str) -> FunctionRule:
-    """``F.linear``/``F.conv2d`` whose weight is a parameter of the model: replaced by a B-cos
-    module that shares the parameter; the bias (module or functional alike) follows keep_bias."""
+    """``F.linear``/``F.conv1d``/``F.conv2d`` whose weight is a parameter of the model: replaced by
+    a B-cos module that shares the parameter; the bias (module or functional alike) follows
+    keep_bias."""
     names = {
         "linear": ["input", "weight", "bias"],
+        "conv1d": ["input", "weight", "bias", "stride", "padding", "dilation", "groups"],
         "conv2d": ["input", "weight", "bias", "stride", "padding", "dilation", "groups"],
     }[kind]
 
     def rule(ctx: RewriteContext, node: torch.fx.Node) -> None:
-        args = dict(zip(names, node.args))
-        args.update(node.kwargs)
+        args = _call_args(node, names)
         weight, bias = args.get("weight"), args.get("bias")
         if not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):
             ctx.unsupported(
@@ -1181,12 +578,16 @@ def _rule_functional_layer(kind: str) -> FunctionRule:
             layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
         else:
             groups = args.get("groups", 1)
-            layer = nn.Conv2d(
+            padding = args.get("padding", 0)
+            if isinstance(padding, str) and kind == "conv1d":
+                ctx.unsupported(node, "F.conv1d", f"padding={padding!r}; pass the padding size")
+                return
+            layer = (nn.Conv1d if kind == "conv1d" else nn.Conv2d)(
                 w.shape[1] * groups,
                 w.shape[0],
                 tuple(w.shape[2:]),
                 args.get("stride", 1),
-                args.get("padding", 0),
+                padding,
                 args.get("dilation", 1),
                 groups,
                 bias=b is not None,
@@ -1199,15 +600,19 @@ def _rule_functional_layer(kind: str) -> FunctionRule:
             converted = bnn.PlainLinear.from_linear(layer, keep_bias=ctx.config.keep_bias)
         else:
             converted = get_module_rule(type(layer))(layer, ctx.config)
+            if converted is None:
+                ctx.unsupported(node, f"F.{kind}", "its module form is not supported either")
+                return
         new = ctx.replace_with_module(node, converted, f"F.{kind}", inputs=(args["input"],))
         if bias is not None and not param_bias and ctx.config.keep_bias:
             # a bias computed from parameters (e.g. concatenated q/k/v biases): a constant term
             label = constant_label(ctx, new, bias)
-            if kind == "conv2d":
+            if kind != "linear":
+                shape = (1, -1, 1, 1) if kind == "conv2d" else (1, -1, 1)
                 with ctx.graph.inserting_after(new):
-                    bias = ctx.graph.call_method("view", (bias, 1, -1, 1, 1))
+                    bias = ctx.graph.call_method("view", (bias, *shape))
             name = ctx.add_submodule(f"{new.name}_bias", bnn.AddConstant(label))
-            with ctx.graph.inserting_after(bias if kind == "conv2d" else new):
+            with ctx.graph.inserting_after(bias if kind != "linear" else new):
                 added = ctx.graph.call_module(name, (new, bias))
             new.replace_all_uses_with(added)
             added.args = (new, bias)
@@ -1223,11 +628,6 @@ def _fetch(ctx: RewriteContext, node: torch.fx.Node) -> torch.Tensor:
     return obj
 
 
-register_function_rule(F.linear, _rule_functional_layer("linear"))
-register_function_rule(F.conv2d, _rule_functional_layer("conv2d"))
-
-
-@register_module_rule(nn.MultiheadAttention)
 def _mha(module: nn.MultiheadAttention, config: BcosConfig):
     out_proj = bnn.BcosLinear.from_linear(
         module.out_proj,
@@ -1246,11 +646,8 @@ def _constant_pad(module: nn.Module, config: BcosConfig):
 
 
 _constant_pad.declined = "padding with a non-zero constant is not linear (only 0 is)"
-for _t in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d):
-    register_module_rule(_t, _constant_pad)
 
 
-@register_module_rule(nn.Conv1d)
 def _conv1d(module: nn.Conv1d, config: BcosConfig):
     try:
         return bnn.BcosConv1d.from_conv1d(
@@ -1270,17 +667,9 @@ def _rmsnorm(module: nn.Module, config: BcosConfig):
     return bnn.DetachableRmsNorm.from_rmsnorm(module)
 
 
-if hasattr(nn, "RMSNorm"):
-    register_module_rule(nn.RMSNorm, _rmsnorm)
-register_module_rule(nn.Upsample, _keep)  # nearest/bilinear interpolation: linear
-register_module_rule(nn.ZeroPad1d, _keep)
-
-
-@register_function_rule(F.rms_norm)
 def _rule_rms_norm(ctx: RewriteContext, node: torch.fx.Node) -> None:
     names = ["input", "normalized_shape", "weight", "eps"]
-    args = dict(zip(names, node.args))
-    args.update(node.kwargs)
+    args = _call_args(node, names)
     weight = args.get("weight")
     if weight is not None and not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):
         ctx.unsupported(node, "F.rms_norm", "an RMS norm whose weight is computed")
@@ -1292,6 +681,120 @@ def _rule_rms_norm(ctx: RewriteContext, node: torch.fx.Node) -> None:
     ctx.replace_with_module(node, norm, "F.rms_norm", inputs=(args["input"],))
 
 
-NEUTRAL_FUNCTIONS.update({"unfold", F.unfold, F.fold, F.upsample, F.upsample_bilinear})
+# --------------------------------------------------------------------------- ops without a
+# rule of their own above
 
-_BUILTIN[0] = False  # from here on, registrations are the user's
+
+def _pass(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """A structural op (a reshape, a sum, a shape query): linear, it passes through unchanged."""
+
+
+def _rule_piecewise(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """A piecewise-linear activation (leaky ReLU, PReLU): exact as it is, written out of place."""
+    _out_of_place(node)
+
+
+def _gate_module(module: nn.Module, config: BcosConfig):
+    """A gate module that does not scale a tensor (gates that do are left in their detached
+    branch before any rule is asked): tanh is the gated identity ``x * (tanh(x) / x)``, exact;
+    any other saturating non-linearity on the explained path is not supported."""
+    if ops.op_of_module(type(module)) is ops.OPS["tanh"]:
+        return bnn.GatedActivation("tanh")
+    return None
+
+
+_gate_module.declined = (
+    "a saturating non-linearity used on its own (not as a gate that scales a tensor)"
+)
+
+
+def _rule_gate(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    """As :func:`_gate_module`, for the function and method spellings."""
+    if ops.is_op(node, "tanh"):
+        ctx.replace_with_module(node, bnn.GatedActivation("tanh"), "tanh")
+        return
+    ctx.unsupported(
+        node,
+        str(getattr(node.target, "__name__", node.target)),
+        _gate_module.declined,
+    )
+
+
+def _rule_functional_batch_norm(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    ctx.unsupported(
+        node,
+        "F.batch_norm",
+        "a functional batch norm (its dimensionality is not known to the graph); write it as "
+        "nn.BatchNorm1d/2d or register a rule",
+    )
+
+
+def _pad_module(module: nn.Module, config: BcosConfig):
+    """Zero, reflection, replication and circular padding only copy values: linear."""
+    value = getattr(module, "value", 0.0)
+    return KEEP if float(value) == 0.0 else None
+
+
+_pad_module.declined = "padding with a non-zero constant is not linear (only 0 is)"
+
+
+# one entry per op of the table: (module rule, function rule)
+_RULES: dict[str, tuple[ModuleRule | None, FunctionRule | None]] = {
+    "conv1d": (_conv1d, _rule_functional_layer("conv1d")),
+    "conv2d": (_conv2d, _rule_functional_layer("conv2d")),
+    "linear": (_linear, _rule_functional_layer("linear")),
+    "multihead_attention": (_mha, None),
+    "scaled_dot_product_attention": (None, _rule_sdpa),
+    "batch_norm": (_batchnorm, _rule_functional_batch_norm),
+    "layer_norm": (_layernorm, _rule_functional_norm("layer_norm")),
+    "group_norm": (_groupnorm, _rule_functional_norm("group_norm")),
+    "rms_norm": (_rmsnorm, _rule_rms_norm),
+    "normalize": (None, _rule_normalize),
+    "sigmoid": (_gate_module, _rule_gate),
+    "hardsigmoid": (_gate_module, _rule_gate),
+    "tanh": (_gate_module, _rule_gate),
+    "softmax": (_gate_module, _rule_gate),
+    "silu": (_gated("silu"), _rule_gated_function("silu")),
+    "gelu": (_gelu, _rule_gated_function("gelu")),
+    "hardswish": (_gated("hardswish"), _rule_gated_function("hardswish")),
+    "mish": (_gated("mish"), _rule_gated_function("mish")),
+    "relu": (_relu, _rule_relu),
+    "relu6": (_relu, _rule_relu),
+    "hardtanh": (_hardtanh, _rule_hardtanh),
+    "leaky_relu": (_keep, _rule_piecewise),
+    "prelu": (_keep, _rule_piecewise),
+    "max_pool2d": (_maxpool, _rule_max_pool2d),
+    "adaptive_max_pool2d": (_maxpool, _rule_adaptive_max_pool2d),
+    "amax": (None, _rule_amax),
+    "max": (None, _rule_max),
+    "dropout": (_keep, _rule_dropout),
+    "alpha_dropout": (_keep, _rule_dropout),
+    "mul": (None, _rule_mul),
+    "matmul": (None, _rule_matmul),
+    "div": (None, _rule_div),
+    "pow": (None, _rule_pow),
+    "add": (None, _rule_add),
+    "sub": (None, _rule_add),
+    "addcmul": (None, _rule_addcmul),
+    "cat": (None, _rule_cat),
+    "pad": (_pad_module, _rule_pad),
+}
+
+add_op(
+    ops.Op(
+        "bcosify",
+        ops.Kind.CONVERTED,
+        (bnn.DetachableGate, bnn.InputEncoding, bnn.LogitLayer),
+        note="bcosify's own modules: kept as they are",
+    ),
+    _keep,
+)
+for _op in ops.OPS.values():
+    if _op.name in _RULES:
+        register_op_rules(_op.name, *_RULES[_op.name])
+    elif _op.kind is ops.Kind.STRUCTURAL:
+        register_op_rules(_op.name, _keep, _pass)
+    elif _op.library == "torch" and _op.kind is not ops.Kind.CONVERTED:
+        raise ValueError(f"the op {_op.name!r} has no rules")  # pragma: no cover
+
+registry.end_builtin_rules(__name__)
