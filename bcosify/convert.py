@@ -16,6 +16,8 @@ from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, UnsupportedLayerError
 from bcosify.fx import nodemap, passes, registry, trace
+from bcosify.fx.specialize import specialize_shape_dependent
+from bcosify.fx.tracer import untraceable_modules
 from bcosify.preprocessing import IMAGENET_DEFAULT, Preprocessing
 from bcosify.report import ConversionReport
 
@@ -72,6 +74,7 @@ def _run(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     dry_run: bool,
+    input_size: int | None = None,
 ) -> tuple[nn.Module, ConversionReport]:
     _check_model(model)
     registry.load_library_rules()  # before tracing: types with a rule are leaves
@@ -80,12 +83,16 @@ def _run(
     elif not isinstance(config, BcosConfig):
         raise BcosifyError(f"config must be a BcosConfig, got {type(config).__name__}")
     mean_t, std_t, preprocessing = _resolve_preprocessing(model, mean, std)
+    if input_size is not None:
+        preprocessing = _with_input_size(preprocessing, input_size)
     report = ConversionReport(
         model=type(model).__name__, config=config.to_dict(), mean=mean_t, std=std_t
     )
     was_training = model.training
     source = copy.deepcopy(model).eval()
-    gm = trace(source, tuple(config.leaf_modules) + tuple(config.skip_modules))
+    leaf_names = tuple(config.leaf_modules) + tuple(config.skip_modules)
+    traced_size = _specialize(source, leaf_names, preprocessing, report)
+    gm = trace(source, leaf_names)
     nodemap.tag_origins(gm.graph)
     outputs = nodemap.scope_outputs(gm.graph)
     blocks = nodemap.block_modules(source, outputs, gm.graph)
@@ -98,7 +105,7 @@ def _run(
         raise UnsupportedLayerError(report.unsupported)
     if config.head_before_pool:
         passes.move_head_before_pool(ctx)
-    passes.encode_input(ctx, mean_t, std_t)
+    passes.encode_input(ctx, mean_t, std_t, traced_size)
     num_classes = passes.infer_num_classes(ctx)
     if num_classes is None:
         num_classes = _probe_num_classes(source, preprocessing)
@@ -132,6 +139,36 @@ def _run(
     return gm, report
 
 
+def _with_input_size(preprocessing: Preprocessing, size: Any) -> Preprocessing:
+    """``preprocessing`` for ``size`` x ``size`` images (the resize keeps its crop ratio)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise BcosifyError(f"input_size must be a positive int (the image side), got {size!r}")
+    ratio = preprocessing.resize_size / preprocessing.input_size
+    resize = max(size, round(size * ratio))
+    return dataclasses.replace(preprocessing, input_size=size, resize_size=resize)
+
+
+def _specialize(
+    source: nn.Module,
+    leaf_names: tuple[str, ...],
+    preprocessing: Preprocessing,
+    report: ConversionReport,
+) -> tuple[int, int] | None:
+    """Trace the modules of ``source`` that branch on their input's size at the model's input
+    size (:mod:`bcosify.fx.specialize`), in place; returns that size if any was."""
+    modules = untraceable_modules(source, leaf_names)
+    if not modules:
+        return None
+    side = preprocessing.input_size
+    shape = (len(preprocessing.mean), side, side)
+    done, left = specialize_shape_dependent(source, modules, shape)
+    for name, kind in done.items():
+        report.add("specialized", f"{kind} traced at {side}x{side} (it branches on the size)", name)
+    for name, why in left.items():
+        report.add("kept whole", f"{type(modules[name]).__name__}: not traceable ({why})", name)
+    return (side, side) if done else None
+
+
 def _probe_num_classes(model: nn.Module, preprocessing: Preprocessing) -> int:
     size = preprocessing.input_size
     x = torch.zeros(1, len(preprocessing.mean), size, size)
@@ -153,6 +190,7 @@ def convert(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     rules: Mapping[Any, Callable] | None = None,
+    input_size: int | None = None,
 ) -> torch.fx.GraphModule:
     """Convert ``model`` into a B-cos network.
 
@@ -169,6 +207,12 @@ def convert(
         rules: rules for this call only (module types -> module rules, functions or method
             names -> function rules; see :func:`bcosify.fx.registry.scoped_rules`); they win over
             the registered ones.
+        input_size: the side of the square images the model will be used at (default: its
+            known preprocessing's ``input_size``, else 224). Modules whose code branches on the
+            input size (timm's no-trace modules: TinyViT, Twins, ConViT, MobileViT, ...) are
+            traced at that size, and the converted model then accepts that size only (the
+            report lists them as ``specialized``). Without such modules it changes nothing but
+            the preprocessing.
 
     Returns:
         A ``torch.fx.GraphModule`` taking images in [0, 1] (no normalisation outside), with
@@ -188,7 +232,7 @@ def convert(
         torch.Size([1, 1000])
     """
     with registry.scoped_rules(rules):
-        gm, _ = _run(model, config, mean, std, dry_run=False)
+        gm, _ = _run(model, config, mean, std, dry_run=False, input_size=input_size)
     return gm
 
 
@@ -199,6 +243,7 @@ def analyze(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     rules: Mapping[Any, Callable] | None = None,
+    input_size: int | None = None,
 ) -> ConversionReport:
     """Dry run of :func:`convert`: the report of what would change, unsupported operations
     included (``report.unsupported``) instead of raised. ``model`` is not modified.
@@ -210,5 +255,5 @@ def analyze(
         True
     """
     with registry.scoped_rules(rules):
-        _, report = _run(model, config, mean, std, dry_run=True)
+        _, report = _run(model, config, mean, std, dry_run=True, input_size=input_size)
     return report

@@ -307,7 +307,13 @@ def load(
     import bcosify
 
     try:
-        converted = bcosify.convert(arch, config, mean=preprocessing.mean, std=preprocessing.std)
+        converted = bcosify.convert(
+            arch,
+            config,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            input_size=preprocessing.input_size,
+        )
     except BcosifyError as e:
         raise BcosifyError(
             f"{config_path}: could not convert the source architecture "

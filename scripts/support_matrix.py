@@ -182,9 +182,11 @@ def check(name: str) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
-            converted = bcosify.convert(model, mean=MEAN, std=STD)
+            converted = bcosify.convert(model, mean=MEAN, std=STD, input_size=size)
             row["convert_s"] = time.perf_counter() - t0
-            equivalent = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD).eval()
+            equivalent = bcosify.convert(
+                model, EQUIVALENCE, mean=MEAN, std=STD, input_size=size
+            ).eval()
     except bcosify.BcosifyError as exc:
         row.update(status="unsupported", reason=_one_line(str(exc)))
         return row
@@ -272,7 +274,10 @@ def _float64_equivalence(model: torch.nn.Module, x: torch.Tensor, row: dict) -> 
     x64 = x.double()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        equivalent = bcosify.convert(model64, EQUIVALENCE, mean=MEAN, std=STD).eval()
+        size = int(x.shape[-1])
+        equivalent = bcosify.convert(
+            model64, EQUIVALENCE, mean=MEAN, std=STD, input_size=size
+        ).eval()
         expected64 = model64(_normalize(x64))
         row["source_float32_error"] = rel_err(model(_normalize(x)), expected64)
         row["equivalence_float64"] = rel_err(equivalent(x64), expected64)

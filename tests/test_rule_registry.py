@@ -227,8 +227,13 @@ def test_the_worked_example_of_docs_rules_md_converts_timm_conv_mlp_exactly():
     model = Head().eval()
     x = torch.rand(4, 3, 6, 6)
     norm = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    with pytest.raises(UnsupportedLayerError, match="ConvMlp"):
-        bcosify.convert(model, mean=MEAN, std=STD)
+    # without the rule, ConvMlp is traced at one input size (it branches on the size)
+    specialized = bcosify.convert(model, EXACT, mean=MEAN, std=STD, input_size=6)
+    entry = next(e for e in specialized.conversion_report.entries if e.name == "pre_logits")
+    assert (entry.action, entry.what.split()[0]) == ("specialized", "ConvMlp")
+    torch.testing.assert_close(specialized(x), model(norm), rtol=1e-4, atol=1e-5)
+    with pytest.raises(BcosifyError, match="takes 6x6 images only"):
+        specialized(torch.rand(1, 3, 2, 2))
     with rules.scoped_rules():
         exec(_docs_example(), {})
         exact = bcosify.convert(model, EXACT, mean=MEAN, std=STD)
@@ -236,6 +241,12 @@ def test_the_worked_example_of_docs_rules_md_converts_timm_conv_mlp_exactly():
     ref = model(norm)
     assert ref.std(0).max() > 1e-2  # the output depends on the input
     torch.testing.assert_close(exact(x), ref, rtol=1e-4, atol=1e-5)
+    # with the rule, any size: at 2x2 ConvMlp takes its other branch (it pools first)
+    small = torch.rand(2, 3, 2, 2)
+    ref_small = model(
+        (small - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    )
+    torch.testing.assert_close(exact(small), ref_small, rtol=1e-4, atol=1e-5)
     assert isinstance(default.pre_logits.fc1, bnn.BcosConv2d)
     calibrate(default, x)  # random B=2 units shrink the signal: unit RMS per layer
     e = bcosify.explain(default, x)

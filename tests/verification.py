@@ -58,7 +58,8 @@ def equivalence(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
     """(the source's input dependence on ``x``, the relative error of its exact-start
     conversion): the error means something only when the dependence is >= MIN_DEPENDENCE."""
     dependence = input_dependence(model, normalize(x))
-    converted = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD).eval()
+    size = int(x.shape[-1])
+    converted = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD, input_size=size).eval()
     with torch.no_grad():
         expected = model(normalize(x))
         out = converted(x)

@@ -352,8 +352,14 @@ def _linear_to_conv(linear: bnn.BcosLinear) -> bnn.BcosConv2d:
 # ------------------------------------------------------------------------- input encoding
 
 
-def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float]) -> None:
+def encode_input(
+    ctx: RewriteContext,
+    mean: Sequence[float],
+    std: Sequence[float],
+    size: tuple[int, int] | None = None,
+) -> None:
     """Insert ``[x, 1 - x]`` after the input and fold the normalisation into the first layer.
+    ``size``: the only image size the model accepts (it was traced at that size), or None.
 
     The fold is bias-free: ``W6 = [W (1 - mean) / std, -W mean / std]`` per input channel, exact
     also at zero-padded borders. Where a consumer of the input is not a B-cos conv, a fixed
@@ -374,7 +380,7 @@ def encode_input(ctx: RewriteContext, mean: Sequence[float], std: Sequence[float
         m = ctx.gm.get_submodule(node.target)
         return isinstance(m, bnn.BcosConv2d) and m.groups == 1 and m.in_channels == channels
 
-    name = ctx.add_submodule("input_encoding", bnn.InputEncoding(channels))
+    name = ctx.add_submodule("input_encoding", bnn.InputEncoding(channels, size))
     with ctx.graph.inserting_after(x):
         enc = ctx.graph.call_module(name, (x,))
     ctx.report.add("inserted", "InputEncoding [x, 1-x]", name)

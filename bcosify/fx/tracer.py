@@ -12,7 +12,7 @@ from torch import nn
 from bcosify.errors import TraceError
 from bcosify.fx.registry import is_rule_leaf
 
-__all__ = ["BcosTracer", "trace"]
+__all__ = ["BcosTracer", "trace", "untraceable_modules"]
 
 
 def _timm_notrace() -> tuple[set[type], list]:
@@ -61,8 +61,14 @@ class BcosTracer(torch.fx.Tracer):
         return self._traceable[kind]
 
     def call_module(self, m, forward, args, kwargs):
+        from bcosify.fx.specialize import SpecializedModule
+
         previous = self.current_module
         self.current_module = self.path_of_module(m)
+        buffers = self.proxy_buffer_attributes
+        # a specialised graph reads its buffers as graph nodes (``rel.expand(B, -1)`` with a
+        # traced batch size needs a traced tensor)
+        self.proxy_buffer_attributes = buffers or isinstance(m, SpecializedModule)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
@@ -71,6 +77,23 @@ class BcosTracer(torch.fx.Tracer):
             raise
         finally:
             self.current_module = previous
+            self.proxy_buffer_attributes = buffers
+
+
+def untraceable_modules(model: nn.Module, leaf_names: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """The outermost modules the tracer keeps whole because they cannot be traced (timm's
+    no-trace modules that do not trace on their own) and that have no rule, by name."""
+    from bcosify.fx.specialize import shape_dependent_modules
+
+    tracer = BcosTracer()
+    kinds = {
+        type(m)
+        for m in model.modules()
+        if type(m) in tracer.notrace_modules
+        and not is_rule_leaf(type(m))
+        and not tracer._traces_alone(m)
+    }
+    return shape_dependent_modules(model, kinds, tuple(leaf_names))
 
 
 def _defaults_after_input(model: nn.Module) -> dict[str, Any] | None:

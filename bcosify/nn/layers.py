@@ -171,9 +171,11 @@ class InputEncoding(nn.Module):
         torch.Size([1, 6, 4, 4])
     """
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, size: tuple[int, int] | None = None):
         super().__init__()
         self.in_channels = int(in_channels)
+        # the image size the model was traced at, when parts of it were specialised to it
+        self.size = None if size is None else (int(size[0]), int(size[1]))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2 or x.shape[1] != self.in_channels:
@@ -181,10 +183,21 @@ class InputEncoding(nn.Module):
                 f"expected images with {self.in_channels} channels in dimension 1 "
                 f"(N x {self.in_channels} x H x W, values in [0, 1]), got shape {tuple(x.shape)}"
             )
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            from bcosify.errors import BcosifyError
+
+            h, w = self.size
+            raise BcosifyError(
+                f"this converted model takes {h}x{w} images only, got {tuple(x.shape)}: parts of "
+                "it branch on the input size and were traced at that size (see its conversion "
+                "report, 'specialized'); resize the images, or convert the model for another "
+                "size (its preprocessing's input_size)"
+            )
         return torch.cat([x, 1.0 - x], dim=1)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}"
+        size = "" if self.size is None else f", size={self.size}"
+        return f"in_channels={self.in_channels}{size}"
 
 
 class EncodedNormalize(nn.Module):
