@@ -190,6 +190,21 @@ MUTATIONS: list[Mutation] = [
         "tests/test_op_table.py",
     ),
     _m(
+        "fx: shape-specialised tracing bakes the batch size into the graph",
+        "bcosify/fx/specialize.py",
+        (
+            "d if all(s[j] == d for s in each) else self._batch_size(base, j)",
+            "d if True else self._batch_size(base, j)",
+        ),
+        "tests/test_specialize.py",
+    ),
+    _m(
+        "fx: a model traced at one input size accepts another without a word",
+        "bcosify/nn/layers.py",
+        ("if self.size is not None and tuple(x.shape[-2:]) != self.size:", "if False:"),
+        "tests/test_specialize.py",
+    ),
+    _m(
         "fx: timm's norm-act layer keeps an activation it has no rule for",
         "bcosify/fx/rules_libs.py",
         (

@@ -57,7 +57,8 @@ def test_every_torch_spelling_of_an_op_is_in_the_table(name):
 
 
 def test_every_spelling_has_its_ops_rule():
-    for op in ops.OPS.values():
+    registry.load_library_rules()
+    for op in list(ops.OPS.values()):
         module_rules = {registry.get_module_rule(m) for m in op.modules}
         function_rules = {registry.get_function_rule(f) for f in (*op.functions, *op.methods)}
         assert None not in module_rules | function_rules, op.name
@@ -265,6 +266,14 @@ EXAMPLES: dict[str, dict] = {
         F.unfold: lambda x: F.unfold(x, 2, stride=2),
         "unfold": lambda x: x.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2).flatten(2, 3),
     },
+    "conv_transpose2d": {  # kept a plain linear map
+        nn.ConvTranspose2d: _M(nn.ConvTranspose2d(4, 4, 2, stride=2, bias=False)),
+        # (F.conv_transpose2d is torch.conv_transpose2d)
+        torch.conv_transpose2d: _M(
+            nn.ConvTranspose2d(4, 4, 2, stride=2, bias=False),
+            lambda m, x: torch.conv_transpose2d(x, m.weight, None, 2),
+        ),
+    },
     "pad": {
         nn.ReflectionPad2d: _M(nn.ReflectionPad2d(1)),
         F.pad: lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"),
@@ -336,6 +345,10 @@ RECIPE = BcosConfig(b=2.0, activation="keep")
 
 def _convert(fn, config=EXACT):
     torch.manual_seed(0)
+    if isinstance(fn, nn.Module):  # the same weights for every spelling
+        for m in fn.modules():
+            if m is not fn and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
     model = _Net(fn).eval()
     try:
         return model, bcosify.convert(model, config, mean=MEAN, std=STD)
@@ -396,6 +409,46 @@ def test_every_spelling_of_an_op_converts_alike(name, config):
         first = next(iter(results.values()))
         for spelling, out in results.items():
             torch.testing.assert_close(out, first, msg=f"{name}: {spelling!r}")
+
+
+def test_a_transposed_convolution_reports_its_bias_as_a_constant():
+    model, converted = _convert(_M(nn.ConvTranspose2d(4, 4, 2, stride=2)))
+    x = torch.rand(3, 3, 8, 8)
+    ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    torch.testing.assert_close(converted(x), ref, rtol=1e-4, atol=1e-5)
+    e = bcosify.explain(converted, x)
+    assert any("bias" in k for k in e.constant_contributions)
+    pixels = e.contributions.flatten(1).sum(1)
+    err = (pixels + e.constant_total - e.explained_logit).abs() / pixels.abs().max()
+    assert err.max() < 1e-4
+    _, functional = _convert(lambda x: F.conv_transpose2d(x, torch.ones(4, 4, 2, 2), torch.ones(4)))
+    assert isinstance(functional, UnsupportedLayerError)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        _M(nn.ConstantPad2d((0, 0, 0, 1), 1.0)),
+        lambda x: F.pad(x, (0, 0, 0, 1), value=1.0),
+        lambda x: F.pad(x, (0, 0, 0, 1), "constant", 1.0),
+    ],
+    ids=["module", "function", "positional"],
+)
+@pytest.mark.parametrize("config", ["exact", "recipe"])
+def test_padding_with_a_constant_reports_the_constant(spelling, config):
+    # (EfficientViT's linear attention pads its values with a row of ones)
+    model, converted = _convert(spelling, EXACT if config == "exact" else RECIPE)
+    x = torch.rand(3, 3, 8, 8)
+    if config == "exact":
+        ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+        torch.testing.assert_close(converted(x), ref, rtol=1e-4, atol=1e-5)
+    else:
+        calibrate(converted, x)
+    e = bcosify.explain(converted, x)
+    assert any(k.endswith(".value") for k in e.constant_contributions)
+    pixels = e.contributions.flatten(1).sum(1)
+    err = (pixels + e.constant_total - e.explained_logit).abs() / pixels.abs().max()
+    assert err.max() < 1e-4
 
 
 def test_a_gate_on_its_own_is_reported_in_every_spelling():

@@ -55,6 +55,13 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maxpool", choices=["avg", "keep"], default="avg")
     p.add_argument("--keep-bias", action="store_true", help="keep biases (for checks only)")
     p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="the image side the model is used at (default: its preprocessing); modules that "
+        "branch on the input size are traced at it",
+    )
 
 
 def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
@@ -140,7 +147,7 @@ def _build_and_convert(args):
         source = build_model(args.model, args.weights, num_classes=args.num_classes)
         bar.update()
         bar.set_postfix_str("tracing and rewriting")
-        model = convert(source, config)
+        model = convert(source, config, input_size=args.input_size)
         bar.update()
     return source, model
 
@@ -163,7 +170,7 @@ def _cmd_inspect(args) -> int:
     from bcosify.sources import build_model
 
     source = build_model(args.model, args.weights, num_classes=args.num_classes)
-    report = analyze(source, _config(args))
+    report = analyze(source, _config(args), input_size=args.input_size)
     print(report)
     return 0 if report.ok else 1
 

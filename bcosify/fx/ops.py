@@ -43,6 +43,7 @@ class Kind(str, enum.Enum):
     """What an op is to a B-cos conversion."""
 
     LINEAR_UNIT = "linear unit"  # conv / linear: becomes a B-cos unit
+    LINEAR_MAP = "linear map"  # a linear layer with no B-cos unit: kept plain, exact
     NORM = "norm"  # a normalisation: its scale is detached in explanation mode
     GATE = "gate"  # a saturating non-linearity that scales a tensor (detached factor)
     GATED_ACTIVATION = "gated activation"  # x * g(x) (SiLU, GELU): g detached
@@ -194,6 +195,13 @@ def _optional(owner: Any, *names: str) -> list[Any]:
 _op("conv1d", _K.LINEAR_UNIT, [nn.Conv1d], [F.conv1d, torch.conv1d], note="B-cos convolution")
 _op("conv2d", _K.LINEAR_UNIT, [nn.Conv2d], [F.conv2d, torch.conv2d], note="B-cos convolution")
 _op("linear", _K.LINEAR_UNIT, [nn.Linear], [F.linear], note="B-cos linear (plain for q/k/v)")
+_op(
+    "conv_transpose2d",
+    _K.LINEAR_MAP,
+    [nn.ConvTranspose2d],
+    [F.conv_transpose2d],
+    note="kept a plain linear map (no B-cos unit for it); a kept bias is a reported constant",
+)
 _op(
     "multihead_attention",
     _K.ATTENTION,

@@ -542,10 +542,19 @@ def _with_params(module: nn.Module, weight: Any, bias: Any) -> nn.Module:
 
 
 def _rule_pad(ctx: RewriteContext, node: torch.fx.Node) -> None:
-    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
-    if mode == "constant" and value not in (None, 0, 0.0):
-        ctx.unsupported(node, "F.pad", f"padding with the constant {value} (only 0 is linear)")
+    """Reflect, replicate, circular and zero padding copy values: linear. Padding with another
+    constant is zero padding plus that constant in the border, reported in explanations."""
+    args = _call_args(node, ["input", "pad", "mode", "value"])
+    mode, value = args.get("mode", "constant"), args.get("value")
+    if mode != "constant" or value in (None, 0, 0.0):
+        return
+    if isinstance(value, torch.fx.Node) or isinstance(args.get("pad"), torch.fx.Node):
+        ctx.unsupported(node, "F.pad", "a padding value or size computed at run time")
+        return
+    new = ctx.replace_with_module(
+        node, bnn.ConstantPad(args["pad"], value), "pad", inputs=(args["input"],), quiet=True
+    )
+    ctx.record(new, "inserted", "ConstantPad (the padding constant reported in explanations)")
 
 
 def _rule_functional_layer(kind: str) -> FunctionRule:
@@ -730,12 +739,27 @@ def _rule_functional_batch_norm(ctx: RewriteContext, node: torch.fx.Node) -> Non
 
 
 def _pad_module(module: nn.Module, config: BcosConfig):
-    """Zero, reflection, replication and circular padding only copy values: linear."""
-    value = getattr(module, "value", 0.0)
-    return KEEP if float(value) == 0.0 else None
+    """Zero, reflection, replication and circular padding only copy values: linear. Padding with
+    another constant becomes :class:`~bcosify.nn.ConstantPad` (its constant reported)."""
+    value = float(getattr(module, "value", 0.0))
+    return KEEP if value == 0.0 else bnn.ConstantPad(module.padding, value)
 
 
-_pad_module.declined = "padding with a non-zero constant is not linear (only 0 is)"
+def _conv_transpose(module: nn.ConvTranspose2d, config: BcosConfig):
+    return bnn.PlainConvTranspose2d.from_module(module, keep_bias=config.keep_bias)
+
+
+def _rule_conv_transpose(ctx: RewriteContext, node: torch.fx.Node) -> None:
+    args = _call_args(node, ["input", "weight", "bias"])
+    if args.get("bias") is not None:
+        ctx.unsupported(
+            node,
+            "F.conv_transpose2d",
+            "a functional transposed convolution with a bias (a constant explanations would "
+            "miss); use nn.ConvTranspose2d, whose bias bcosify reports",
+        )
+        return
+    ctx.record(node, "kept", "conv_transpose2d (a plain linear map)")
 
 
 # one entry per op of the table: (module rule, function rule)
@@ -744,6 +768,7 @@ _RULES: dict[str, tuple[ModuleRule | None, FunctionRule | None]] = {
     "conv2d": (_conv2d, _rule_functional_layer("conv2d")),
     "linear": (_linear, _rule_functional_layer("linear")),
     "multihead_attention": (_mha, None),
+    "conv_transpose2d": (_conv_transpose, _rule_conv_transpose),
     "scaled_dot_product_attention": (None, _rule_sdpa),
     "batch_norm": (_batchnorm, _rule_functional_batch_norm),
     "layer_norm": (_layernorm, _rule_functional_norm("layer_norm")),

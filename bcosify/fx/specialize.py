@@ -71,14 +71,26 @@ class _ValueProxy(fx.Proxy):
 
 
 def _value_of(a: Any, i: int) -> Any:
-    return a.values.each[i] if isinstance(a, _ValueProxy) else a
+    if isinstance(a, _ValueProxy):
+        return a.values.each[i]
+    if isinstance(a, fx.proxy.Attribute):  # an attribute used as a value (``x.mT``)
+        return getattr(_value_of(a.root, i), a.attr)
+    return a
+
+
+def _root(a: Any) -> Any:
+    while isinstance(a, fx.proxy.Attribute):
+        a = a.root
+    return a
 
 
 def _is_data(a: Any) -> bool:
+    a = _root(a)
     return isinstance(a, _ValueProxy) and a.values.data
 
 
 def _is_batch(a: Any) -> bool:
+    a = _root(a)
     return isinstance(a, _ValueProxy) and a.values.batch
 
 
@@ -86,6 +98,13 @@ def _flat(x: Any) -> list[Any]:
     out: list[Any] = []
     tree_map(lambda a: out.append(a), x)
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # tensors and the like: not a shape answer
+        return False
 
 
 def _plain_scalar(v: Any) -> bool:
@@ -173,7 +192,13 @@ class ShapeTracer(fx.Tracer):
         )
         flat = _flat((args, kwargs))
         data = not shape_query and any(_is_data(a) for a in flat)
-        batch = any(_is_batch(a) for a in flat)
+        # a shape query depends on the batch size where its answer does (the batch dimension),
+        # anything else where an argument does
+        batch = (
+            not all(_same(v, each[0]) for v in each[1:])
+            if shape_query
+            else any(_is_batch(a) for a in flat)
+        )
         if kind == "get_attr":
             data = False
         first = each[0]
@@ -253,6 +278,16 @@ def _trace_at(module: nn.Module, calls: list[tuple[tuple, dict]]) -> fx.GraphMod
             raise fx.proxy.TraceError(f"the argument {name!r} is neither a tensor nor a constant")
     tracer = ShapeTracer(inputs, concrete)
     graph = tracer.trace(module, concrete_args=concrete or None)
+    # a constant argument that is a single value keeps its name (torch.fx calls its
+    # placeholder ``name_1``), so that calls by keyword still work
+    single = {f"{n}_1": n for n, v in concrete.items() if len(_flat(v)) == 1}
+    for node in graph.nodes:
+        if (
+            node.op == "placeholder"
+            and node.target in single
+            and graph._codegen.__class__ is (fx.graph.CodeGen)
+        ):
+            node.target = single[node.target]
     gm = SpecializedModule(tracer.root, graph, type(module).__name__)
     for args, kwargs in calls:  # the specialised graph must compute what the module computes
         with torch.no_grad():

@@ -1,8 +1,10 @@
-"""B-cos building blocks: pure torch modules with no dependency on the rest of bcosify."""
+"""B-cos building blocks: pure torch modules with no dependency on the rest of bcosify (its
+error type aside)."""
 
 from .attention import (
     AddConstant,
     BcosMultiheadAttention,
+    PlainConvTranspose2d,
     PlainLinear,
     RecordConstant,
     ScaledDotProductAttention,
@@ -12,6 +14,7 @@ from .attention import (
 from .bcos import BcosConv2d, BcosLinear
 from .conv1d import BcosConv1d
 from .layers import (
+    ConstantPad,
     DetachableGate,
     DetachableNormalize,
     DetachablePower,
@@ -44,6 +47,7 @@ from .norms import (
 )
 
 __all__ = [
+    "ConstantPad",
     "AddConstant",
     "DetachableNormalize",
     "DetachablePower",
@@ -53,6 +57,7 @@ __all__ = [
     "DetachableLayerNormAct2d",
     "DetachableRmsNormAct",
     "BcosMultiheadAttention",
+    "PlainConvTranspose2d",
     "PlainLinear",
     "RecordConstant",
     "ScaledDotProductAttention",

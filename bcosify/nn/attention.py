@@ -164,6 +164,48 @@ class PlainLinear(nn.Linear):
         return out
 
 
+class PlainConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution kept a plain linear map (there is no B-cos unit for it): exact as
+    it is, its kept bias added as a recorded constant.
+
+    Example:
+        >>> up = nn.ConvTranspose2d(4, 4, 2, stride=2)
+        >>> PlainConvTranspose2d.from_module(up)(torch.rand(1, 4, 3, 3)).shape
+        torch.Size([1, 4, 6, 6])
+    """
+
+    @classmethod
+    def from_module(
+        cls, conv: nn.ConvTranspose2d, *, keep_bias: bool = False
+    ) -> PlainConvTranspose2d:
+        new = cls.__new__(cls)
+        new.__dict__.update(conv.__dict__)
+        new._parameters = dict(conv._parameters)
+        new._buffers = dict(conv._buffers)
+        new._modules = dict(conv._modules)
+        if not keep_bias:
+            new.bias = None
+        return new
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        output_padding = self._output_padding(
+            x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
+        )
+        out = F.conv_transpose2d(
+            x,
+            self.weight,
+            None,
+            self.stride,
+            self.padding,
+            output_padding,
+            self.groups,
+            self.dilation,
+        )
+        if self.bias is not None:
+            out = add_constant(self, "bias", out, self.bias.view(1, -1, 1, 1))
+        return out
+
+
 class ScaledDotProductAttention(DetachableModule, nn.Module):
     """An unfused ``F.scaled_dot_product_attention`` whose attention matrix is detached in
     explanation mode. Same arguments as the torch function (dropout only while training).

@@ -134,6 +134,30 @@ class DetachablePower(DetachableModule, nn.Module):
         return f"p={self.p}"
 
 
+class ConstantPad(nn.Module):
+    """Padding with a non-zero constant ``value``: zero padding (linear) plus a constant tensor
+    that holds ``value`` in the padded border, recorded as a constant of explanations.
+
+    Example:
+        >>> ConstantPad((0, 0, 0, 1), 1.0)(torch.zeros(1, 2, 2))[0]
+        tensor([[0., 0.],
+                [0., 0.],
+                [1., 1.]])
+    """
+
+    def __init__(self, pad: Sequence[int], value: float):
+        super().__init__()
+        self.pad = tuple(int(p) for p in pad)
+        self.value = float(value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        border = F.pad(x.new_zeros((1, *x.shape[1:])), self.pad, value=self.value)
+        return add_constant(self, "value", F.pad(x, self.pad), border)
+
+    def extra_repr(self) -> str:
+        return f"pad={self.pad}, value={self.value:g}"
+
+
 class MaxAsMean(nn.Module):
     """A max over dimensions (``amax``, ``max(dim)``) replaced by the mean over them, as
     ``BcosConfig(maxpool="avg")`` replaces max pooling; ``max(dim)``'s ``(values, indices)``
