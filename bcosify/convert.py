@@ -14,7 +14,7 @@ from torch import nn
 from bcosify import metadata
 from bcosify import nn as bnn
 from bcosify.config import BcosConfig
-from bcosify.errors import BcosifyError, UnsupportedLayerError
+from bcosify.errors import BcosifyError, TraceError, UnsupportedLayerError
 from bcosify.fx import nodemap, passes, registry, trace
 from bcosify.fx.specialize import specialize_shape_dependent
 from bcosify.fx.tracer import untraceable_modules
@@ -93,12 +93,15 @@ def _run(
     leaf_names = tuple(config.leaf_modules) + tuple(config.skip_modules)
     traced_size = _specialize(source, leaf_names, preprocessing, report)
     gm = trace(source, leaf_names)
+    _check_trace(source, gm, preprocessing, report)
+    in_place = passes.functionalize_in_place(gm)
     nodemap.tag_origins(gm.graph)
     outputs = nodemap.scope_outputs(gm.graph)
     blocks = nodemap.block_modules(source, outputs, gm.graph)
     first_input = {n.name: n.all_input_nodes[0].name for n in gm.graph.nodes if n.all_input_nodes}
     head_input = nodemap.head_input(source, gm.graph)
     ctx = passes.RewriteContext(gm, config, report)
+    ctx.unsupported_nodes.extend(in_place)
     passes.convert_nodes(ctx)
     report.unsupported = list(ctx.unsupported_nodes)
     if report.unsupported and not dry_run:
@@ -137,6 +140,38 @@ def _run(
         transform=preprocessing.transform(),
     )
     return gm, report
+
+
+def _check_trace(
+    source: nn.Module, gm: torch.fx.GraphModule, preprocessing: Preprocessing, report
+) -> None:
+    """The traced graph must compute what the model computes. torch.fx traces some Python
+    silently wrong: ``x += y`` where another name still refers to ``x`` (the graph adds out of
+    place, the model in place). Checked on one random batch at the model's input size; a model
+    that does not run at that size is not checked (the report says so)."""
+    side = preprocessing.input_size
+    g = torch.Generator().manual_seed(0)
+    param = next(source.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    x = torch.randn(1, len(preprocessing.mean), side, side, generator=g, dtype=dtype)
+    try:
+        with torch.no_grad():
+            want = source(x)
+    except Exception:  # noqa: BLE001 - any failure: the model does not run at this size
+        report.add("not checked", f"the trace (the model does not run at {side}x{side})", "")
+        return
+    with torch.no_grad():
+        got = gm(x)
+    if not (isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor)):
+        return  # a model that returns more than logits is refused later, with its own message
+    scale = want.abs().max().clamp_min(1e-12)
+    if got.shape != want.shape or ((got - want).abs().max() / scale).item() > 1e-4:
+        raise TraceError(
+            f"torch.fx traced {type(source).__name__} into a graph that computes something "
+            "else than the model (checked on a random batch). The usual cause is an in-place "
+            "update of a tensor that another name still refers to (`alias = x; x += y`), which "
+            "torch.fx records out of place; write it out of place (`x = x + y`)"
+        )
 
 
 def _with_input_size(preprocessing: Preprocessing, size: Any) -> Preprocessing:

@@ -573,3 +573,65 @@ def test_timm_no_trace_modules_are_traced_into_when_they_trace():
     assert isinstance(conv.block.conv, bnn.BcosConv2d)
     report = bcosify.analyze(Net(Branchy), mean=MEAN, std=STD)
     assert [n for n, _, _ in report.unsupported] == ["block"]
+
+
+class _InPlace(nn.Module):
+    """In-place operations whose effect later nodes see through the mutated tensor."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.offset = nn.Parameter(torch.linspace(-1, 1, 4).view(1, 4, 1, 1))
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.kind == "add_":  # result unused: later nodes read h
+            h.add_(self.offset)
+            out = h
+        elif self.kind == "iadd":  # an alias of h sees the change
+            alias = h
+            h += self.offset
+            out = h + alias
+        elif self.kind == "relu_module":
+            r = self.act(h)
+            out = r + h
+        elif self.kind == "relu_function":
+            r = F.relu(h, inplace=True)
+            out = r * 2 + h
+        else:  # through a view of h, which is used afterwards
+            h[:, :2].mul_(2.0)
+            out = h
+        return self.fc(out.mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["add_", "relu_module", "relu_function"])
+def test_in_place_operations_keep_their_effect_on_later_nodes(kind):
+    # x.add_(c) used to become an out-of-place AddConstant whose result nothing read: the
+    # converted model silently lost the offset
+    torch.manual_seed(0)
+    model = _InPlace(kind).eval()
+    x = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(_normalized(x))
+    converted = bcosify.convert(model, EQUIVALENCE, mean=MEAN, std=STD)
+    torch.testing.assert_close(converted(x), ref, rtol=1e-4, atol=1e-5)
+    explained = bcosify.convert(model, mean=MEAN, std=STD)
+    calibrate(explained, x)
+    e = bcosify.explain(explained, x)
+    pixels = e.contributions.flatten(1).sum(1)
+    err = (pixels + e.constant_total - e.explained_logit).abs() / pixels.abs().max()
+    assert err.max() < 1e-4
+
+
+def test_a_graph_that_torch_fx_traced_wrong_is_refused():
+    # `alias = h; h += c`: torch.fx records an out-of-place add, so `alias` misses the change
+    with pytest.raises(TraceError, match="computes something else than the model"):
+        bcosify.convert(_InPlace("iadd").eval(), EQUIVALENCE, mean=MEAN, std=STD)
+
+
+def test_an_in_place_operation_on_a_view_of_a_tensor_used_later_is_reported():
+    with pytest.raises(UnsupportedLayerError, match="in-place operation on a view"):
+        bcosify.convert(_InPlace("view").eval(), EQUIVALENCE, mean=MEAN, std=STD)

@@ -4,6 +4,7 @@ they know of ops comes from the op table (:mod:`bcosify.fx.ops`), of rules from 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,14 @@ from bcosify.fx import nodemap, ops, registry
 from bcosify.fx.graph import analyse
 from bcosify.report import ConversionReport
 
-__all__ = ["RewriteContext", "convert_nodes", "move_head_before_pool", "encode_input", "add_logit"]
+__all__ = [
+    "RewriteContext",
+    "functionalize_in_place",
+    "convert_nodes",
+    "move_head_before_pool",
+    "encode_input",
+    "add_logit",
+]
 
 
 class RewriteContext:
@@ -124,6 +132,75 @@ class RewriteContext:
         args[index] = detached
         node.args = tuple(args)
         self.record(node, "inserted", "DetachableGate (product policy)", why)
+
+
+# ----------------------------------------------------------------------- in-place operations
+
+_IN_PLACE_FUNCTIONS = {
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.ipow,
+    operator.imatmul,
+}
+# structural ops whose result may share memory with their input (a mutation of the result is a
+# mutation of the input)
+_VIEW_OPS = ("view", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "split", "copy")
+
+
+def _mutates_first_argument(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op == "call_method":
+        name = str(node.target)
+        return name.endswith("_") and not name.endswith("__")
+    if node.op == "call_function":
+        if node.target in _IN_PLACE_FUNCTIONS or node.kwargs.get("inplace") is True:
+            return True
+        name = getattr(node.target, "__name__", "")
+        module = getattr(node.target, "__module__", "") or ""
+        return name.endswith("_") and not name.endswith("__") and module.startswith("torch")
+    if node.op == "call_module":
+        return getattr(gm.get_submodule(str(node.target)), "inplace", False) is True
+    return False
+
+
+def functionalize_in_place(gm: fx.GraphModule) -> list[tuple[str, str, str]]:
+    """Make in-place operations explicit in the graph: what uses a tensor after an operation
+    changed it in place (``x.add_(c)``, ``x += c``, ``F.relu(x, inplace=True)``) now uses that
+    operation's result. The rules may then rewrite the operation out of place (a reported
+    constant, a ReLU that keeps its input) without changing what later nodes see.
+
+    A mutation through a view (``x[:, 1:].add_(c)``) also changes the viewed tensor; where that
+    tensor is used afterwards the mutation is not followed, and it is returned as unsupported
+    (qualified name, kind, hint) instead of converted silently wrong.
+    """
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    problems: list[tuple[str, str, str]] = []
+    for node in list(gm.graph.nodes):
+        if not _mutates_first_argument(node, gm) or not node.args:
+            continue
+        target = node.args[0]
+        if not isinstance(target, fx.Node):
+            continue
+        base = target
+        while ops.is_op(base, *_VIEW_OPS, gm=gm) and isinstance(base.args[0], fx.Node):
+            base = base.args[0]
+            if any(u is not node and order[u] > order[node] for u in base.users):
+                kind = str(getattr(node.target, "__name__", node.target))
+                problems.append(
+                    (
+                        node.name,
+                        kind,
+                        "an in-place operation on a view of a tensor that is used afterwards; "
+                        "write it out of place (y = x + c)",
+                    )
+                )
+                break
+        else:
+            for user in list(target.users):
+                if user is not node and order[user] > order[node]:
+                    user.replace_input_with(target, node)
+    return problems
 
 
 def _skipped(name: str, prefixes: Sequence[str]) -> bool:
