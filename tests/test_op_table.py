@@ -451,8 +451,31 @@ def test_padding_with_a_constant_reports_the_constant(spelling, config):
     assert err.max() < 1e-4
 
 
-def test_a_gate_on_its_own_is_reported_in_every_spelling():
-    for fn in (_M(nn.Sigmoid()), torch.sigmoid, lambda x: x.sigmoid_(), _M(nn.Hardsigmoid())):
+@pytest.mark.parametrize(
+    "fn",
+    [_M(nn.Sigmoid()), torch.sigmoid, lambda x: x.sigmoid_(), _M(nn.Hardsigmoid()), F.hardsigmoid],
+    ids=["Sigmoid", "torch.sigmoid", "sigmoid_", "Hardsigmoid", "F.hardsigmoid"],
+)
+@pytest.mark.parametrize("config", ["exact", "recipe"])
+def test_a_sigmoid_on_its_own_is_a_gated_identity_plus_a_reported_constant(fn, config):
+    # sigmoid(x) = 0.5 + x * (sigmoid(x) - 0.5) / x: exact, the 0.5 a constant of explanations
+    # (iFormer computes its attention values through a sigmoid)
+    model, converted = _convert(fn, EXACT if config == "exact" else RECIPE)
+    x = torch.rand(3, 3, 8, 8)
+    if config == "exact":
+        ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+        torch.testing.assert_close(converted(x), ref, rtol=1e-4, atol=1e-5)
+    else:
+        calibrate(converted, x)
+    e = bcosify.explain(converted, x)
+    assert any(k.endswith(".offset") for k in e.constant_contributions)
+    pixels = e.contributions.flatten(1).sum(1)
+    err = (pixels + e.constant_total - e.explained_logit).abs() / pixels.abs().max()
+    assert err.max() < 1e-4
+
+
+def test_a_softmax_on_its_own_is_reported_in_every_spelling():
+    for fn in (_M(nn.Softmax(1)), lambda x: torch.softmax(x, 1), lambda x: x.softmax(1)):
         _, converted = _convert(fn)
         assert isinstance(converted, UnsupportedLayerError), fn
-        assert "saturating non-linearity used on its own" in str(converted)
+        assert "a softmax used on its own" in str(converted)

@@ -149,6 +149,10 @@ _IN_PLACE_FUNCTIONS = {
 _VIEW_OPS = ("view", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "split", "copy")
 
 
+def _is_view(node: fx.Node, gm: fx.GraphModule) -> bool:
+    return ops.is_op(node, *_VIEW_OPS, gm=gm) and node.target not in ("clone", torch.clone)
+
+
 def _mutates_first_argument(node: fx.Node, gm: fx.GraphModule) -> bool:
     if node.op == "call_method":
         name = str(node.target)
@@ -183,7 +187,7 @@ def functionalize_in_place(gm: fx.GraphModule) -> list[tuple[str, str, str]]:
         if not isinstance(target, fx.Node):
             continue
         base = target
-        while ops.is_op(base, *_VIEW_OPS, gm=gm) and isinstance(base.args[0], fx.Node):
+        while _is_view(base, gm) and isinstance(base.args[0], fx.Node):
             base = base.args[0]
             if any(u is not node and order[u] > order[node] for u in base.users):
                 kind = str(getattr(node.target, "__name__", node.target))

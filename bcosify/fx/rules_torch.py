@@ -703,24 +703,32 @@ def _rule_piecewise(ctx: RewriteContext, node: torch.fx.Node) -> None:
     _out_of_place(node)
 
 
+# a saturating non-linearity on the explained path as a gated identity: tanh(x) = x * g(x), and
+# sigmoid(x) = 0.5 + x * g(x) (hard sigmoid alike) with the constant 0.5 reported
+_GATED_IDENTITY = ("tanh", "sigmoid", "hardsigmoid")
+
+
 def _gate_module(module: nn.Module, config: BcosConfig):
-    """A gate module that does not scale a tensor (gates that do are left in their detached
-    branch before any rule is asked): tanh is the gated identity ``x * (tanh(x) / x)``, exact;
-    any other saturating non-linearity on the explained path is not supported."""
-    if ops.op_of_module(type(module)) is ops.OPS["tanh"]:
-        return bnn.GatedActivation("tanh")
+    """A gate module that does not only scale a tensor (gates that do are left in their detached
+    branch before any rule is asked): tanh, sigmoid and hard sigmoid become gated identities
+    (:class:`~bcosify.nn.GatedActivation`), exact; a softmax on the explained path is not
+    supported."""
+    op = ops.op_of_module(type(module))
+    if op is not None and op.name in _GATED_IDENTITY:
+        return bnn.GatedActivation(op.name)
     return None
 
 
 _gate_module.declined = (
-    "a saturating non-linearity used on its own (not as a gate that scales a tensor)"
+    "a softmax used on its own (not as an attention matrix or a gate that scales a tensor)"
 )
 
 
 def _rule_gate(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """As :func:`_gate_module`, for the function and method spellings."""
-    if ops.is_op(node, "tanh"):
-        ctx.replace_with_module(node, bnn.GatedActivation("tanh"), "tanh")
+    op = ops.op_of(node)
+    if op is not None and op.name in _GATED_IDENTITY:
+        ctx.replace_with_module(node, bnn.GatedActivation(op.name), op.name)
         return
     ctx.unsupported(
         node,

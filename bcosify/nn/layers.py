@@ -35,6 +35,16 @@ def _tanh_gate(x: Tensor) -> Tensor:
     return torch.where(small, 1.0 - x * x / 3.0, torch.tanh(safe) / safe)
 
 
+def _sigmoid_gate(x: Tensor) -> Tensor:
+    # sigmoid(x) = 0.5 + x * (sigmoid(x) - 0.5) / x, and (sigmoid(x) - 0.5) / x = tanh(x/2) / 2x
+    return 0.25 * _tanh_gate(0.5 * x)
+
+
+def _hardsigmoid_gate(x: Tensor) -> Tensor:
+    # hardsigmoid(x) = 0.5 + clamp(x / 6, -0.5, 0.5) = 0.5 + x * gate
+    return torch.where(x.abs() <= 3.0, torch.full_like(x, 1.0 / 6.0), 0.5 / x.abs().clamp_min(3.0))
+
+
 _GATES = {
     "silu": torch.sigmoid,
     "gelu": _gelu_gate,
@@ -43,7 +53,11 @@ _GATES = {
     "hardswish": F.hardsigmoid,
     "mish": lambda x: torch.tanh(F.softplus(x)),
     "tanh": _tanh_gate,
+    "sigmoid": _sigmoid_gate,
+    "hardsigmoid": _hardsigmoid_gate,
 }
+# kinds that are a gated identity plus a constant (reported in explanations)
+_OFFSETS = {"sigmoid": 0.5, "hardsigmoid": 0.5}
 
 
 class GatedActivation(DetachableModule, nn.Module):
@@ -51,7 +65,8 @@ class GatedActivation(DetachableModule, nn.Module):
 
     Args:
         kind: one of ``silu``, ``gelu``, ``gelu_tanh``, ``quick_gelu``, ``hardswish``, ``mish``,
-            ``tanh`` (``tanh(x) = x * tanh(x) / x``).
+            ``tanh`` (``tanh(x) = x * tanh(x) / x``), ``sigmoid`` and ``hardsigmoid``
+            (``0.5 + x * (s(x) - 0.5) / x``, the constant 0.5 reported in explanations).
 
     Example:
         >>> act = GatedActivation("silu")
@@ -71,7 +86,11 @@ class GatedActivation(DetachableModule, nn.Module):
         gate = _GATES[self.kind](x)
         if self.explanation_mode:
             gate = gate.detach()
-        return x * gate
+        out = x * gate
+        offset = _OFFSETS.get(self.kind)
+        if offset is not None:
+            out = add_constant(self, "offset", out, out.new_tensor(offset))
+        return out
 
     def extra_repr(self) -> str:
         return self.kind
