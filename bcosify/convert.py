@@ -94,6 +94,7 @@ def _run(
     traced_size = _specialize(source, leaf_names, preprocessing, report)
     gm = trace(source, leaf_names)
     _check_trace(source, gm, preprocessing, report)
+    passes.positional_operands(gm)
     in_place = passes.functionalize_in_place(gm)
     nodemap.tag_origins(gm.graph)
     outputs = nodemap.scope_outputs(gm.graph)
@@ -153,15 +154,24 @@ def _check_trace(
     g = torch.Generator().manual_seed(0)
     param = next(source.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
     x = torch.randn(1, len(preprocessing.mean), side, side, generator=g, dtype=dtype)
+    x = x.to(device)
     try:
         with torch.no_grad():
             want = source(x)
-    except Exception:  # noqa: BLE001 - any failure: the model does not run at this size
-        report.add("not checked", f"the trace (the model does not run at {side}x{side})", "")
+    except Exception as exc:  # noqa: BLE001 - any failure: the model does not run at this size
+        why = f"{type(exc).__name__} at {side}x{side}; pass input_size= to check at its size"
+        report.add("not checked", "the trace against the model", "", why)
         return
-    with torch.no_grad():
-        got = gm(x)
+    try:
+        with torch.no_grad():
+            got = gm(x)
+    except Exception as exc:  # noqa: BLE001 - the model runs, its traced graph does not
+        raise TraceError(
+            f"torch.fx traced {type(source).__name__} into a graph that fails where the model "
+            f"runs ({type(exc).__name__}: {exc})"
+        ) from exc
     if not (isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor)):
         return  # a model that returns more than logits is refused later, with its own message
     scale = want.abs().max().clamp_min(1e-12)

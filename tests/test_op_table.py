@@ -479,3 +479,73 @@ def test_a_softmax_on_its_own_is_reported_in_every_spelling():
         _, converted = _convert(fn)
         assert isinstance(converted, UnsupportedLayerError), fn
         assert "a softmax used on its own" in str(converted)
+
+
+class _Two(nn.Module):
+    """Two input-dependent tensors from one image, for products and their keyword spellings."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(3, 4, 3, padding=1)
+        self.fn = fn
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.fn(self.conv(x), self.conv2(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda a, b: torch.mul(a, other=torch.sigmoid(b)),
+        lambda a, b: a.mul(other=torch.sigmoid(b)),
+        lambda a, b: torch.add(a, other=0.5) * torch.sigmoid(b),
+        lambda a, b: torch.sub(input=a, other=0.5),
+    ],
+    ids=["torch.mul-other", "mul-other", "torch.add-other", "sub-input-other"],
+)
+def test_binary_ops_with_keyword_operands_convert(fn):
+    torch.manual_seed(0)
+    model = _Two(fn).eval()
+    converted = bcosify.convert(model, EXACT, mean=MEAN, std=STD)
+    x = torch.rand(3, 3, 8, 8)
+    ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    torch.testing.assert_close(converted(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_gate_also_scaled_by_a_constant_is_on_the_explained_path():
+    # y * g + g * 0.5: g is added to the output (through a constant scale), so it is not a gate
+    # left as it is: it is converted (a gated identity plus its constant), and y * g detached
+    torch.manual_seed(0)
+    model = _Two(lambda a, b: a * torch.sigmoid(b) + torch.sigmoid(b) * 0.5).eval()
+    x = torch.rand(3, 3, 8, 8)
+    exact = bcosify.convert(model, EXACT, mean=MEAN, std=STD)
+    ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    torch.testing.assert_close(exact(x), ref, rtol=1e-4, atol=1e-5)
+    e = bcosify.explain(exact, x)
+    pixels = e.contributions.flatten(1).sum(1)
+    err = (pixels + e.constant_total - e.explained_logit).abs() / pixels.abs().max()
+    assert err.max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "fn, what",
+    [
+        (lambda a, b: F.max_pool2d(F.pad(a, (1, 1, 1, 1), value=float("-inf")), 3), "-inf"),
+        (
+            lambda a, b: F.conv_transpose2d(
+                a, b[:, :, :2, :2].mean(0, keepdim=True).expand(4, 4, 2, 2)
+            ),
+            "weight depends",
+        ),
+        (
+            lambda a, b: torch.einsum("nchw,nchw,nchw->nc", a, b, a).unsqueeze(-1).unsqueeze(-1),
+            "more than two",
+        ),
+    ],
+    ids=["pad-inf", "conv_transpose-input-weight", "einsum-three"],
+)
+def test_operations_that_cannot_be_explained_are_reported(fn, what):
+    with pytest.raises(UnsupportedLayerError, match=what):
+        bcosify.convert(_Two(fn).eval(), EXACT, mean=MEAN, std=STD)

@@ -112,12 +112,12 @@ def _find_gates(an: Analysis) -> tuple[set[fx.Node], set[fx.Node]]:
             if not (a in an.dependent and b in an.dependent):
                 continue
             for operand in (b, a):
-                if registry.is_gate(operand, an.gm) and _only_scales(operand):
+                if registry.is_gate(operand, an.gm) and _only_scales(an, operand):
                     gates.add(operand)
                     break
             else:  # a gated linear unit (SwiGLU, GeGLU): the activated half is the gate
                 for operand in (a, b):
-                    if registry.is_gated_activation(operand, an.gm) and _only_scales(operand):
+                    if registry.is_gated_activation(operand, an.gm) and _only_scales(an, operand):
                         gates.add(operand)
                         break
         elif name == "matmul":
@@ -125,7 +125,7 @@ def _find_gates(an: Analysis) -> tuple[set[fx.Node], set[fx.Node]]:
             if len(operands) != 2 or not all(o in an.dependent for o in operands):
                 continue
             for operand in operands:
-                if _is_softmax_output(an, operand) and _only_scales(operand):
+                if _is_softmax_output(an, operand) and _only_scales(an, operand):
                     gates.add(operand)
                     break
         elif name == "scaled_dot_product_attention":
@@ -142,10 +142,19 @@ def _find_gates(an: Analysis) -> tuple[set[fx.Node], set[fx.Node]]:
     return gates, branch
 
 
-def _only_scales(gate: fx.Node) -> bool:
-    """Whether ``gate`` is used only as a factor of products (shape queries aside): a gate that
-    is also used otherwise is on the explained path, where it must be converted or reported."""
-    return all(nodemap.is_metadata(u) or ops.is_op(u, "mul", "matmul") for u in gate.users)
+def _only_scales(an: Analysis, gate: fx.Node) -> bool:
+    """Whether ``gate`` is used only as a factor that scales another input-dependent tensor
+    (shape queries aside): a gate that is also used otherwise (added, or only scaled by a
+    constant: ``g * 0.5``) is on the explained path, where it must be converted or reported."""
+
+    def scales(u: fx.Node) -> bool:
+        if not ops.is_op(u, "mul", "matmul"):
+            return False
+        operands = matmul_operands(u) if ops.is_op(u, "matmul") else list(u.args[:2])
+        others = [o for o in operands if o is not gate]
+        return len(operands) == 2 and len(others) == 1 and others[0] in an.dependent
+
+    return all(nodemap.is_metadata(u) or scales(u) for u in gate.users)
 
 
 def _grow_branch(graph: fx.Graph, branch: set[fx.Node]) -> set[fx.Node]:

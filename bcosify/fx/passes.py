@@ -144,13 +144,62 @@ _IN_PLACE_FUNCTIONS = {
     operator.ipow,
     operator.imatmul,
 }
-# structural ops whose result may share memory with their input (a mutation of the result is a
-# mutation of the input)
-_VIEW_OPS = ("view", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "split", "copy")
+# ops whose result may share memory with their input (a mutation of one is a mutation of the
+# other): views, and casts, copies, dropout and the identity, which may return their input
+_VIEW_OPS = (
+    "view",
+    "flatten",
+    "unflatten",
+    "squeeze",
+    "unsqueeze",
+    "permute",
+    "split",
+    "copy",
+    "cast",
+    "identity",
+    "dropout",
+    "alpha_dropout",
+)
 
 
 def _is_view(node: fx.Node, gm: fx.GraphModule) -> bool:
-    return ops.is_op(node, *_VIEW_OPS, gm=gm) and node.target not in ("clone", torch.clone)
+    return (
+        ops.is_op(node, *_VIEW_OPS, gm=gm)
+        and node.target not in ("clone", torch.clone)
+        and bool(node.args)
+        and isinstance(node.args[0], fx.Node)
+    )
+
+
+def _aliases(target: fx.Node, gm: fx.GraphModule, before: int, order: dict) -> set[fx.Node]:
+    """The nodes computed before position ``before`` that may share memory with ``target``:
+    the tensors it is a view of, and their views, transitively."""
+    found, stack = {target}, [target]
+    while stack:
+        node = stack.pop()
+        linked = [u for u in node.users if _is_view(u, gm)]
+        if _is_view(node, gm):
+            linked.append(node.args[0])
+        for other in linked:
+            if other not in found and order[other] < before:
+                found.add(other)
+                stack.append(other)
+    return found
+
+
+def positional_operands(gm: fx.GraphModule) -> None:
+    """Write the operands of binary ops given by keyword (``torch.mul(x, other=y)``,
+    ``x.add(other=y)``) as positional arguments, as the rules and the analysis read them."""
+    for node in gm.graph.nodes:
+        if not ops.is_op(node, "mul", "add", "sub", "div", "pow") or "other" not in node.kwargs:
+            continue
+        kwargs = dict(node.kwargs)
+        args = list(node.args)
+        if not args and "input" in kwargs:
+            args.append(kwargs.pop("input"))
+        if len(args) == 1:
+            args.append(kwargs.pop("other"))
+            node.args, node.kwargs = tuple(args), kwargs
 
 
 def _mutates_first_argument(node: fx.Node, gm: fx.GraphModule) -> bool:
@@ -186,24 +235,21 @@ def functionalize_in_place(gm: fx.GraphModule) -> list[tuple[str, str, str]]:
         target = node.args[0]
         if not isinstance(target, fx.Node):
             continue
-        base = target
-        while _is_view(base, gm) and isinstance(base.args[0], fx.Node):
-            base = base.args[0]
-            if any(u is not node and order[u] > order[node] for u in base.users):
-                kind = str(getattr(node.target, "__name__", node.target))
-                problems.append(
-                    (
-                        node.name,
-                        kind,
-                        "an in-place operation on a view of a tensor that is used afterwards; "
-                        "write it out of place (y = x + c)",
-                    )
+        aliases = _aliases(target, gm, order[node], order) - {target}
+        if any(u is not node and order[u] > order[node] for a in aliases for u in a.users):
+            kind = str(getattr(node.target, "__name__", node.target))
+            problems.append(
+                (
+                    node.name,
+                    kind,
+                    "an in-place operation on a tensor that a view or another name of it is "
+                    "read from afterwards; write it out of place (y = x + c)",
                 )
-                break
-        else:
-            for user in list(target.users):
-                if user is not node and order[user] > order[node]:
-                    user.replace_input_with(target, node)
+            )
+            continue
+        for user in list(target.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(target, node)
     return problems
 
 

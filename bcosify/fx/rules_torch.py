@@ -4,6 +4,7 @@ table (:mod:`bcosify.fx.ops`), registered for every spelling of the op at once. 
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import TYPE_CHECKING, Any
 
@@ -338,7 +339,13 @@ def _rule_matmul(ctx: RewriteContext, node: torch.fx.Node) -> None:
     """``attn @ v``: the attention matrix (a softmax) is detached in explanation mode; a product
     with a constant matrix is linear."""
     operands = matmul_operands(node)
-    if len(operands) != 2 or any(_is_const(ctx, o) for o in operands):
+    if len(operands) != 2:
+        if sum(not _is_const(ctx, o) for o in operands) > 1:
+            ctx.unsupported(
+                node, "einsum", "an einsum of more than two operands, two of them input-dependent"
+            )
+        return
+    if any(_is_const(ctx, o) for o in operands):
         return
     if node in ctx.detach_policy:
         ctx.detach_operand(node, *ctx.detach_policy[node])
@@ -551,6 +558,11 @@ def _rule_pad(ctx: RewriteContext, node: torch.fx.Node) -> None:
     if isinstance(value, torch.fx.Node) or isinstance(args.get("pad"), torch.fx.Node):
         ctx.unsupported(node, "F.pad", "a padding value or size computed at run time")
         return
+    if not math.isfinite(float(value)):
+        ctx.unsupported(
+            node, "F.pad", f"padding with {value} (before a max pool, it is the max pool's)"
+        )
+        return
     new = ctx.replace_with_module(
         node, bnn.ConstantPad(args["pad"], value), "pad", inputs=(args["input"],), quiet=True
     )
@@ -750,7 +762,12 @@ def _pad_module(module: nn.Module, config: BcosConfig):
     """Zero, reflection, replication and circular padding only copy values: linear. Padding with
     another constant becomes :class:`~bcosify.nn.ConstantPad` (its constant reported)."""
     value = float(getattr(module, "value", 0.0))
+    if not math.isfinite(value):
+        return None
     return KEEP if value == 0.0 else bnn.ConstantPad(module.padding, value)
+
+
+_pad_module.declined = "padding with an infinite or NaN constant"
 
 
 def _conv_transpose(module: nn.ConvTranspose2d, config: BcosConfig):
@@ -759,6 +776,11 @@ def _conv_transpose(module: nn.ConvTranspose2d, config: BcosConfig):
 
 def _rule_conv_transpose(ctx: RewriteContext, node: torch.fx.Node) -> None:
     args = _call_args(node, ["input", "weight", "bias"])
+    if not _is_const(ctx, args.get("weight")):
+        ctx.unsupported(
+            node, "F.conv_transpose2d", "a transposed convolution whose weight depends on the input"
+        )
+        return
     if args.get("bias") is not None:
         ctx.unsupported(
             node,

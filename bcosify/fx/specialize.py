@@ -5,11 +5,11 @@ input's size (``if H <= window: ...``, padding to a multiple of a window, recomp
 positions for a new token count). For a model whose input size is known (its preprocessing),
 such a module can be traced *at that size*: every shape query returns the size it has there, so
 the branches resolve, and the graph is specialised to it. The batch size stays free: the module
-is run at three batch sizes side by side while it is traced, a size that differs between them is
+is run at two batch sizes (2 and 5) side by side while it is traced, a size that differs is
 recorded in the graph as a ``size()`` call, and one that does not is a constant.
 
 The specialised graph replaces the module only if it computes what the module computes at batch
-sizes 1, 2 and 3; otherwise the module stays whole (and is reported by the converter as before).
+sizes 1, 2 and 5; otherwise the module stays whole (and is reported by the converter as before).
 A branch on tensor *values*, or on the batch size, still cannot be traced.
 """
 
@@ -29,7 +29,7 @@ from bcosify.fx.registry import is_rule_leaf
 
 __all__ = ["SpecializedModule", "specialize_shape_dependent", "shape_dependent_modules"]
 
-BATCHES = (2, 3)  # traced side by side; verified at these and at 1
+BATCHES = (2, 5)  # traced side by side; verified at these and at 1
 _SHAPE_QUERIES = {"size", "dim", "numel", "ndimension", "nelement"}
 _SCALARS = (int, float, bool, str, type(None), torch.dtype, torch.device)
 
@@ -260,10 +260,10 @@ def _clone(x: Any) -> Any:
 
 
 def _trace_at(module: nn.Module, calls: list[tuple[tuple, dict]]) -> fx.GraphModule:
-    """Trace ``module`` on its recorded calls at the batch sizes 1, 2, 3 (traced at 2 and 3)."""
+    """Trace ``module`` on its recorded calls at the batch sizes 1, 2, 5 (traced at 2 and 5)."""
     params = list(inspect.signature(module.forward).parameters)
     bound = [inspect.signature(module.forward).bind(*a, **k).arguments for a, k in calls]
-    traced_calls = bound[1:]  # batches 2 and 3
+    traced_calls = bound[1:]  # batches 2 and 5
     inputs: dict[str, list] = {}
     concrete: dict[str, Any] = {}
     for name in params:
@@ -277,7 +277,15 @@ def _trace_at(module: nn.Module, calls: list[tuple[tuple, dict]]) -> fx.GraphMod
         else:
             raise fx.proxy.TraceError(f"the argument {name!r} is neither a tensor nor a constant")
     tracer = ShapeTracer(inputs, concrete)
-    graph = tracer.trace(module, concrete_args=concrete or None)
+    # code that caches a tensor computed from parameters in evaluation (timm's attention-bias
+    # cache) takes its uncached path under torch.jit tracing: the graph then reads the
+    # parameters, which stay trainable, instead of freezing the cached copy
+    is_tracing = torch.jit.is_tracing
+    torch.jit.is_tracing = lambda: True
+    try:
+        graph = tracer.trace(module, concrete_args=concrete or None)
+    finally:
+        torch.jit.is_tracing = is_tracing
     # a constant argument that is a single value keeps its name (torch.fx calls its
     # placeholder ``name_1``), so that calls by keyword still work
     single = {f"{n}_1": n for n, v in concrete.items() if len(_flat(v)) == 1}
@@ -289,6 +297,10 @@ def _trace_at(module: nn.Module, calls: list[tuple[tuple, dict]]) -> fx.GraphMod
         ):
             node.target = single[node.target]
     gm = SpecializedModule(tracer.root, graph, type(module).__name__)
+    kept = {id(p) for p in gm.parameters()}
+    frozen = [n for n, p in module.named_parameters() if id(p) not in kept]
+    if frozen:  # a parameter read through a cache or a copy would be frozen into the graph
+        raise fx.proxy.TraceError(f"the traced graph does not read the parameters {frozen[:3]}")
     for args, kwargs in calls:  # the specialised graph must compute what the module computes
         with torch.no_grad():
             want = module(*_clone(args), **_clone(kwargs))
@@ -335,7 +347,10 @@ def specialize_shape_dependent(
     g = torch.Generator().manual_seed(0)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
-    images = [torch.randn(b, *image_shape, generator=g, dtype=dtype) for b in (1, *BATCHES)]
+    device = param.device if param is not None else torch.device("cpu")
+    images = [
+        torch.randn(b, *image_shape, generator=g, dtype=dtype).to(device) for b in (1, *BATCHES)
+    ]
     try:
         recorded = _record_inputs(model, modules, images)
     except Exception as exc:  # the model does not run at this size: nothing is specialised
