@@ -119,10 +119,28 @@ MUTATIONS: list[Mutation] = [
         "fx: a gate also used on the explained path is left unconverted",
         "bcosify/fx/graph.py",
         (
-            "    return all(nodemap.is_metadata(u) or ops.is_op",
-            "    return True or all(nodemap.is_metadata(u) or ops.is_op",
+            "    return all(nodemap.is_metadata(u) or scales(u)",
+            "    return True or all(nodemap.is_metadata(u) or scales(u)",
         ),
         "tests/test_products.py",
+    ),
+    _m(
+        "fx: a sigmoid scaled only by a constant counts as a gate (left raw on the explained path)",
+        "bcosify/fx/graph.py",
+        (
+            "        return len(operands) == 2 and len(others) == 1 and others[0] in an.dependent",
+            "        return True",
+        ),
+        "tests/test_op_table.py",
+    ),
+    _m(
+        "fx: the in-place pass ignores views and other names of the mutated tensor",
+        "bcosify/fx/passes.py",
+        (
+            "        aliases = _aliases(target, gm, order[node], order) - {target}",
+            "        aliases = set()",
+        ),
+        "tests/test_convert.py",
     ),
     _m(
         "fx: a factor whose saturating op is already a gate's counts as the one to detach",
