@@ -518,7 +518,7 @@ def test_a_gate_also_scaled_by_a_constant_is_on_the_explained_path():
     # y * g + g * 0.5: g is added to the output (through a constant scale), so it is not a gate
     # left as it is: it is converted (a gated identity plus its constant), and y * g detached
     torch.manual_seed(0)
-    model = _Two(lambda a, b: a * torch.sigmoid(b) + torch.sigmoid(b) * 0.5).eval()
+    model = _Two(lambda a, b: (lambda g: a * g + g * 0.5)(torch.sigmoid(b))).eval()
     x = torch.rand(3, 3, 8, 8)
     exact = bcosify.convert(model, EXACT, mean=MEAN, std=STD)
     ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
