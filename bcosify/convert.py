@@ -130,12 +130,22 @@ def _run(
     gm.delete_all_unused_submodules()
     gm = metadata.BcosGraphModule(gm, gm.graph, type(gm).__name__)
     gm.train(was_training)
+    source_info = dict(getattr(model, "bcosify_source", {}) or {})
+    if not source_info.get("name") and not dry_run:
+        from bcosify.sources._recognise import recognise_architecture
+
+        name = recognise_architecture(model, num_classes)
+        if name is not None:  # a torchvision or timm model built outside bcosify
+            source_info = {"name": name, "num_classes": num_classes, "weights": None}
+            source_info["recognised"] = "by its class, state-dict keys and shapes"
+    if not dry_run:
+        source_info["architecture_sha256"] = metadata.architecture_fingerprint(gm)
     metadata.attach(
         gm,
         bcosify_config=config,
         bcosify_preprocessing=preprocessing,
         bcosify_num_classes=num_classes,
-        bcosify_source=dict(getattr(model, "bcosify_source", {}) or {}),
+        bcosify_source=source_info,
         bcosify_node_map=node_map,
         conversion_report=report,
         transform=preprocessing.transform(),

@@ -326,6 +326,18 @@ def load(
             + ("; pass the matching model= architecture" if model is not None else "")
         )
     _load_strict(converted, state_dict, weights_path)
+    saved_print = source.get("architecture_sha256")
+    if (
+        model is None
+        and saved_print
+        and saved_print != metadata.architecture_fingerprint(converted)
+    ):
+        raise BcosifyError(
+            f"{config_path}: the architecture rebuilt from the name {source.get('name')!r} is not "
+            "the one that was saved (same weights' shapes, but another graph or other module "
+            "settings: built with other arguments, or converted with other rules); pass the "
+            "unconverted architecture: load(directory, model=...)"
+        )
     saved_map = meta.get("node_map")
     if saved_map is not None and saved_map != converted.bcosify_node_map:
         import warnings

@@ -70,6 +70,15 @@ def _rebuild(rebuild, args, values: dict[str, Any], class_name: str) -> BcosGrap
     return gm
 
 
+def architecture_fingerprint(model: fx.GraphModule) -> str:
+    """A hash of a converted model's architecture: its graph's code and its modules (types and
+    hyperparameters, not weights). Two conversions of the same architecture with the same config
+    have the same fingerprint."""
+    import hashlib
+
+    return hashlib.sha256((model.code + "\n" + repr(model)).encode()).hexdigest()
+
+
 def attach(model: nn.Module, **values: Any) -> nn.Module:
     """Set metadata attributes (:data:`ATTRIBUTES`) on ``model``.
 

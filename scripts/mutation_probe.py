@@ -231,6 +231,15 @@ MUTATIONS: list[Mutation] = [
         ),
         "tests/test_rule_registry.py",
     ),
+    _m(
+        "io: a model rebuilt by its recognised name is not compared with the saved architecture",
+        "bcosify/io.py",
+        (
+            "        model is None\n        and saved_print\n",
+            "        False\n        and saved_print\n",
+        ),
+        "tests/test_io.py",
+    ),
     # --- explain
     _m(
         "explain: constant contributions are averaged instead of summed per sample",

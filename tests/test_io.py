@@ -85,7 +85,9 @@ def test_round_trip_torchvision(saved_resnet18):
     assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
     meta = json.loads((directory / "config.json").read_text())
     assert meta["bcosify_format"] == 1
+    fingerprint = meta["source"].pop("architecture_sha256")
     assert meta["source"] == {"name": "resnet18", "num_classes": 10, "weights": "none"}
+    assert fingerprint == bcosify.metadata.architecture_fingerprint(model)
     assert meta["num_classes"] == 10
     assert set(meta["versions"]) >= {"bcosify", "torch", "torchvision", "timm"}
     assert len(meta["sha256"]) == 64
@@ -137,7 +139,7 @@ def test_custom_model(tmp_path):
     fine_tune_step(model, images())
     directory = io.save(model, tmp_path / "custom")
     meta = json.loads((directory / "config.json").read_text())
-    assert meta["source"] == {"name": None}
+    assert meta["source"]["name"] is None and set(meta["source"]) == {"name", "architecture_sha256"}
     assert meta["num_classes"] == 5
 
     with pytest.raises(BcosifyError, match="model=") as info:
@@ -343,3 +345,36 @@ def test_metadata_names_are_checked():
 
     with pytest.raises(BcosifyError, match="unknown metadata"):
         metadata.attach(nn.Linear(2, 2), bcosify_confg=None)
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: __import__("torchvision").models.resnet18(num_classes=7), "resnet18"),
+        (lambda: __import__("timm").create_model("resnet10t", num_classes=7), "timm/resnet10t"),
+    ],
+    ids=["torchvision", "timm"],
+)
+def test_a_torchvision_or_timm_model_round_trips_without_model(tmp_path, make, name):
+    # built outside bcosify: the converter recognises the architecture and stores its name
+    torch.manual_seed(0)
+    model = bcosify.convert(randomize_norms(make().eval()), mean=MEAN, std=STD)
+    assert model.bcosify_source["name"] == name and model.bcosify_source["recognised"]
+    fine_tune_step(model, images())
+    loaded = io.load(io.save(model, tmp_path / "m"))
+    assert_same_model(model, loaded, images())
+
+
+def test_a_recognised_name_with_other_settings_is_refused_at_load(tmp_path):
+    # same weights' shapes as timm/resnet10t, another activation: rebuilding by name would be
+    # silently another model
+    timm = pytest.importorskip("timm")
+    model = bcosify.convert(
+        timm.create_model("resnet10t", act_layer="gelu").eval(), mean=MEAN, std=STD
+    )
+    assert model.bcosify_source["name"] == "timm/resnet10t"
+    directory = io.save(model, tmp_path / "m")
+    with pytest.raises(BcosifyError, match="is not the one that was saved"):
+        io.load(directory)
+    loaded = io.load(directory, model=timm.create_model("resnet10t", act_layer="gelu"))
+    assert_same_model(model, loaded, images())
