@@ -16,7 +16,7 @@ from bcosify import nn as bnn
 from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, TraceError, UnsupportedLayerError
 from bcosify.fx import nodemap, passes, registry, trace
-from bcosify.fx.specialize import specialize_shape_dependent
+from bcosify.fx.specialize import example_images, specialize_shape_dependent
 from bcosify.fx.tracer import untraceable_modules
 from bcosify.preprocessing import IMAGENET_DEFAULT, Preprocessing
 from bcosify.report import ConversionReport
@@ -161,12 +161,7 @@ def _check_trace(
     place, the model in place). Checked on one random batch at the model's input size; a model
     that does not run at that size is not checked (the report says so)."""
     side = preprocessing.input_size
-    g = torch.Generator().manual_seed(0)
-    param = next(source.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
-    device = param.device if param is not None else torch.device("cpu")
-    x = torch.randn(1, len(preprocessing.mean), side, side, generator=g, dtype=dtype)
-    x = x.to(device)
+    (x,) = example_images(source, (len(preprocessing.mean), side, side), (1,))
     try:
         with torch.no_grad():
             want = source(x)

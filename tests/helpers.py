@@ -16,6 +16,24 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def normalized(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] normalised with ImageNet's mean and std (what the sources expect)."""
+    mean = torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class Fn(nn.Module):
+    """A function as a module (to put a functional spelling inside a model)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """Set every BatchNorm's running statistics from the batch ``x`` (already normalised, as the

@@ -11,7 +11,7 @@ import bcosify
 from bcosify import BcosConfig, BcosifyError, UnsupportedLayerError
 from bcosify import nn as bnn
 from bcosify.fx import registry as rules
-from tests.helpers import MEAN, STD
+from tests.helpers import MEAN, STD, Fn, normalized
 
 EXACT = BcosConfig(b=1.0, keep_bias=True, activation="exact", maxpool="keep")
 
@@ -59,7 +59,7 @@ def test_a_subclass_declared_safe_uses_its_base_rule_and_stays_exact():
         bcosify.declare_safe_subclass(FastConv)
         conv = bcosify.convert(model, EXACT, mean=MEAN, std=STD)
         x = torch.rand(2, 3, 8, 8)
-        ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+        ref = model(normalized(x))
         torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-5)
     assert rules.get_module_rule(FastConv) is None  # the declaration was scoped
 
@@ -180,7 +180,7 @@ def test_timm_layers_that_override_forward_convert_exactly(make):
     model = Net(nn.Conv2d(3, 4, 3, padding=1), layer).eval()
     conv = bcosify.convert(model, EXACT, mean=MEAN, std=STD)
     x = torch.rand(2, 3, 9, 9)
-    ref = model((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    ref = model(normalized(x))
     assert ref.std(0).max() > 1e-3  # the output depends on the input
     torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-5)
 
@@ -227,7 +227,7 @@ def test_the_worked_example_of_docs_rules_md_converts_timm_conv_mlp_exactly():
     torch.manual_seed(0)
     model = Head().eval()
     x = torch.rand(4, 3, 6, 6)
-    norm = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    norm = normalized(x)
     # without the rule, ConvMlp is traced at one input size (it branches on the size)
     specialized = bcosify.convert(model, EXACT, mean=MEAN, std=STD, input_size=6)
     entry = next(e for e in specialized.conversion_report.entries if e.name == "pre_logits")
@@ -244,9 +244,7 @@ def test_the_worked_example_of_docs_rules_md_converts_timm_conv_mlp_exactly():
     torch.testing.assert_close(exact(x), ref, rtol=1e-4, atol=1e-5)
     # with the rule, any size: at 2x2 ConvMlp takes its other branch (it pools first)
     small = torch.rand(2, 3, 2, 2)
-    ref_small = model(
-        (small - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    )
+    ref_small = model(normalized(small))
     torch.testing.assert_close(exact(small), ref_small, rtol=1e-4, atol=1e-5)
     assert isinstance(default.pre_logits.fc1, bnn.BcosConv2d)
     calibrate(default, x)  # random B=2 units shrink the signal: unit RMS per layer
@@ -257,25 +255,16 @@ def test_the_worked_example_of_docs_rules_md_converts_timm_conv_mlp_exactly():
     assert err.max() < 1e-4
 
 
-class _Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
-
 F = nn.functional
 SPELLINGS = {
-    "unfold": (nn.Unfold(2, stride=2), _Fn(lambda x: F.unfold(x, 2, stride=2))),
-    "reflect": (nn.ReflectionPad2d(1), _Fn(lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"))),
+    "unfold": (nn.Unfold(2, stride=2), Fn(lambda x: F.unfold(x, 2, stride=2))),
+    "reflect": (nn.ReflectionPad2d(1), Fn(lambda x: F.pad(x, (1, 1, 1, 1), mode="reflect"))),
     "replicate": (
         nn.ReplicationPad2d(1),
-        _Fn(lambda x: F.pad(x, (1, 1, 1, 1), mode="replicate")),
+        Fn(lambda x: F.pad(x, (1, 1, 1, 1), mode="replicate")),
     ),
-    "hardtanh": (nn.Hardtanh(0.0, 6.0), _Fn(lambda x: F.hardtanh(x, 0.0, 6.0))),
-    "sigmoid_": (_Fn(lambda x: x * x.clone().sigmoid_()), _Fn(lambda x: x * x.sigmoid())),
+    "hardtanh": (nn.Hardtanh(0.0, 6.0), Fn(lambda x: F.hardtanh(x, 0.0, 6.0))),
+    "sigmoid_": (Fn(lambda x: x * x.clone().sigmoid_()), Fn(lambda x: x * x.sigmoid())),
 }
 
 

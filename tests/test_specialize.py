@@ -10,15 +10,11 @@ from torch import nn
 
 import bcosify
 from bcosify import BcosConfig, BcosifyError, UnsupportedLayerError
-from tests.helpers import MEAN, STD, calibrate, calibrate_batchnorm, rel_err
+from tests.helpers import MEAN, STD, calibrate, calibrate_batchnorm, normalized, rel_err
 
 timm_layers = pytest.importorskip("timm.layers")
 
 EXACT = BcosConfig(b=1.0, keep_bias=True, activation="exact", maxpool="keep")
-
-
-def _normalized(x):
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 @timm_layers.register_notrace_module
@@ -73,14 +69,14 @@ def test_a_module_that_branches_on_its_size_is_traced_at_that_size_for_any_batch
     assert entry.action == "specialized" and "6x6" in entry.what
     for batch in (1, 3, 7):  # traced at batch sizes 2 and 5: the batch stays free
         x = torch.rand(batch, 3, 6, 6)
-        torch.testing.assert_close(converted(x), model(_normalized(x)), rtol=1e-4, atol=1e-5)
-    assert model(_normalized(torch.rand(2, 3, 6, 6))).std(0).max() > 1e-3
+        torch.testing.assert_close(converted(x), model(normalized(x)), rtol=1e-4, atol=1e-5)
+    assert model(normalized(torch.rand(2, 3, 6, 6))).std(0).max() > 1e-3
     with pytest.raises(BcosifyError, match="takes 6x6 images only"):
         converted(torch.rand(1, 3, 8, 8))
     # at a size that needs no padding the other branch is traced
     at8 = bcosify.convert(model, EXACT, mean=MEAN, std=STD, input_size=8)
     x = torch.rand(2, 3, 8, 8)
-    torch.testing.assert_close(at8(x), model(_normalized(x)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(at8(x), model(normalized(x)), rtol=1e-4, atol=1e-5)
 
 
 def test_explanations_of_a_specialized_model_are_complete():
@@ -123,11 +119,11 @@ def test_timm_models_with_shape_dependent_blocks_convert_exactly(name):
     model = timm.create_model(name, pretrained=False).eval()
     size = model.pretrained_cfg["input_size"][-1]
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    calibrate_batchnorm(model, _normalized(torch.rand(4, 3, size, size)))
+    calibrate_batchnorm(model, normalized(torch.rand(4, 3, size, size)))
     converted = bcosify.convert(model, EXACT)
     specialized = [e for e in converted.conversion_report.entries if e.action == "specialized"]
     assert specialized  # GPSA, LocalWindowAttention
     with torch.no_grad():
-        ref = model(_normalized(x))
+        ref = model(normalized(x))
         assert rel_err(ref[0], ref[1]) > 1e-3  # the source depends on its input
         assert rel_err(converted(x), ref) < 1e-4

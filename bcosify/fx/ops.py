@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import operator
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -83,7 +83,6 @@ class Op:
     methods: tuple[str, ...] = ()
     note: str = ""
     library: str = "torch"
-    _extra: dict = field(default_factory=dict, repr=False)
 
     def spellings(self) -> list[Any]:
         return [*self.modules, *self.functions, *self.methods]

@@ -11,10 +11,6 @@ from bcosify.fx import registry
 from bcosify.fx.registry import KEEP, REMOVE
 
 
-def _keep(module: nn.Module, config: BcosConfig):
-    return KEEP
-
-
 def _convert_submodule(module: nn.Module, config: BcosConfig) -> nn.Module | None:
     """Apply the module rules to a child (e.g. the activation inside a norm-act layer); None
     when the child is not supported (then neither is its parent)."""

@@ -15,6 +15,7 @@ from bcosify.config import BcosConfig
 from bcosify.fx import ops, registry
 from bcosify.fx.registry import KEEP, add_op, extend_op, register_module_rule
 from bcosify.fx.rules_libs import _convert_submodule, _layernorm2d
+from bcosify.fx.rules_torch import _pass
 
 registry.begin_builtin_rules(__name__)
 
@@ -182,7 +183,7 @@ add_op(
         note="window/grid partition inverses, block reshapes, image rescaling: linear",
         library="timm",
     ),
-    function_rule=lambda ctx, node: None,
+    function_rule=_pass,
 )
 
 

@@ -14,6 +14,7 @@ from bcosify.config import BcosConfig
 from bcosify.fx import ops, registry
 from bcosify.fx.registry import add_op, extend_op, register_module_rule
 from bcosify.fx.rules_libs import _bcos, _layernorm2d, _plain, _retype
+from bcosify.fx.rules_torch import _pass
 
 registry.begin_builtin_rules(__name__)
 
@@ -29,7 +30,7 @@ add_op(
         functions=(_tv_swin._patch_merging_pad,),
         library="torchvision",
     ),
-    function_rule=lambda ctx, node: None,
+    function_rule=_pass,
 )
 
 

@@ -27,7 +27,12 @@ from torch.utils._pytree import tree_map
 
 from bcosify.fx.registry import is_rule_leaf
 
-__all__ = ["SpecializedModule", "specialize_shape_dependent", "shape_dependent_modules"]
+__all__ = [
+    "SpecializedModule",
+    "example_images",
+    "shape_dependent_modules",
+    "specialize_shape_dependent",
+]
 
 BATCHES = (2, 5)  # traced side by side; verified at these and at 1
 _SHAPE_QUERIES = {"size", "dim", "numel", "ndimension", "nelement"}
@@ -255,6 +260,18 @@ def _record_inputs(
     return {name: calls if len(calls) == len(images) else None for name, calls in seen.items()}
 
 
+def example_images(
+    model: nn.Module, image_shape: Sequence[int], batches: Sequence[int]
+) -> list[torch.Tensor]:
+    """Random images (a fixed seed) of ``image_shape`` for each batch size, on the device and at
+    the dtype of ``model``'s parameters."""
+    g = torch.Generator().manual_seed(0)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    return [torch.randn(b, *image_shape, generator=g, dtype=dtype).to(device) for b in batches]
+
+
 def _clone(x: Any) -> Any:
     return tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, x)
 
@@ -344,13 +361,7 @@ def specialize_shape_dependent(
     """
     if not modules:
         return {}, {}
-    g = torch.Generator().manual_seed(0)
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
-    device = param.device if param is not None else torch.device("cpu")
-    images = [
-        torch.randn(b, *image_shape, generator=g, dtype=dtype).to(device) for b in (1, *BATCHES)
-    ]
+    images = example_images(model, image_shape, (1, *BATCHES))
     try:
         recorded = _record_inputs(model, modules, images)
     except Exception as exc:  # the model does not run at this size: nothing is specialised
