@@ -15,7 +15,8 @@ _EPILOGS = {
   bcosify convert resnet50 --out resnet50-bcos                 # torchvision DEFAULT weights
   bcosify convert timm/tf_efficientnet_lite0 --weights packaged --out lite0-bcos
   bcosify convert resnet18 --weights ./resnet18.pth --b 2 --out r18-bcos
-  bcosify convert resnet18 --weights none --b 1 --activation keep --maxpool keep --out r18-b1""",
+  bcosify convert resnet18 --weights none --b 1 --activation keep --maxpool keep --out r18-b1
+  bcosify convert bcos-v2/resnet50 --out r50-bcos-v2           # a published B-cos model""",
     "inspect": """examples:
   bcosify inspect resnet50
   bcosify inspect timm/tf_efficientnet_lite0 --activation keep""",
@@ -24,7 +25,8 @@ _EPILOGS = {
   bcosify explain lite0-bcos cat.jpg dog.png --out explanations
   bcosify explain lite0-bcos cat.jpg --target 281 --out explanations""",
     "models": """examples:
-  bcosify models""",
+  bcosify models          # the architectures verified to convert
+  bcosify models --zoo    # the published B-cos v2 models bcosify loads""",
     "finetune": """examples:
   bcosify finetune recipes/tiny-cpu.yaml --data.root ./my-images --output runs/tiny
   bcosify finetune recipes/imagenet-resnet50.yaml --data.root /data/imagenet
@@ -43,7 +45,11 @@ YAML (3, 1e-4, null, true, "[0.5, 1.0]"). The resolved recipe is saved in the ou
 
 
 def _add_conversion_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="torchvision name (resnet50) or timm/<name>")
+    p.add_argument(
+        "model",
+        help="torchvision name (resnet50), timm/<name>, or bcos-v2/<name> (a published B-cos "
+        "model, already converted: `bcosify models --zoo`)",
+    )
     p.add_argument(
         "--weights",
         default="DEFAULT",
@@ -107,7 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory for the figures")
     p.add_argument("--overwrite", action="store_true", help="replace existing figures")
 
-    add("models", "list the architectures verified to convert")
+    p = add("models", "list the architectures verified to convert, or the published B-cos models")
+    p.add_argument(
+        "--zoo",
+        action="store_true",
+        help="list the published B-cos v2 models (bcos-v2/<name>) with their published top-1",
+    )
 
     p = add("finetune", "fine-tune a B-cos model with a recipe (one device or many)")
     p.add_argument("recipe", help="a YAML recipe (see recipes/)")
@@ -139,9 +150,20 @@ def _build_and_convert(args):
     from tqdm import tqdm
 
     from bcosify.convert import convert
-    from bcosify.sources import build_model
+    from bcosify.sources import ZOO_PREFIX, build_model
 
     config = _config(args)
+    if args.model.startswith(ZOO_PREFIX):
+        from bcosify.config import BcosConfig
+
+        if config != BcosConfig() or args.input_size is not None:
+            raise BcosifyError(
+                f"{args.model} is a published B-cos model, built already converted: the "
+                "conversion options (--b, --activation, --maxpool, --keep-bias, --input-size) "
+                "do not apply to it; leave them out"
+            )
+        model = build_model(args.model, args.weights, num_classes=args.num_classes)
+        return model, model
     with tqdm(total=2, desc="convert", unit="step", leave=False, disable=None) as bar:
         bar.set_postfix_str(f"building {args.model}")
         source = build_model(args.model, args.weights, num_classes=args.num_classes)
@@ -239,6 +261,8 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_models(args) -> int:
+    if args.zoo:
+        return _print_zoo()
     from bcosify.support import VERIFIED_MODELS, support_matrix
 
     rows = support_matrix()
@@ -262,6 +286,24 @@ def _cmd_models(args) -> int:
             f"{err(r.get('completeness')):>12}"
         )
     print("details: docs/support.md (scripts/support_matrix.py)")
+    return 0
+
+
+def _print_zoo() -> int:
+    from bcosify.sources import list_zoo
+
+    verdicts = {True: "yes", False: "FAILED", None: "not run"}
+    print(f"{'model':<44} {'family':<11} {'kind':<9} {'top-1':>7}  {'loads':<6} verified")
+    for r in list_zoo():
+        verified = verdicts[r["verified"]] if r["loadable"] else "-"
+        print(
+            f"{r['name']:<44} {r['family']:<11} {r['kind']:<9} {r['top1']:>6.2f}%  "
+            f"{'yes' if r['loadable'] else 'no':<6} {verified}"
+        )
+    print(
+        "top-1: published with the weights (ImageNet val). verified: same logits and dynamic "
+        "weights as the bcos package, random weights (docs/zoo.md, scripts/zoo.py)"
+    )
     return 0
 
 
@@ -339,3 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bcosify: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bcosify models | head`: the reader left, which is no error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

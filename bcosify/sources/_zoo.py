@@ -1,0 +1,372 @@
+"""The published B-cos v2 ImageNet models (the ``bcos-v2/`` names of :func:`build_model`).
+
+B-cos v2 (Böhle et al., "B-cos Alignment for Inherently Interpretable CNNs and Vision
+Transformers", TPAMI 2024; https://github.com/B-cos/B-cos-v2, Apache-2.0) publishes 26 B-cos
+ImageNet classifiers and 8 standard (non-B-cos) ViTs as release assets, loaded there through
+``torch.hub``. The entries below use the names of that hub (``bcos-v2/resnet50``,
+``bcos-v2/densenet121_long``, ...), its weight files and the top-1 accuracies its model cards
+report.
+
+A B-cos v2 ResNet, ResNeXt or DenseNet is, layer for layer, what bcosify's conversion makes of
+the torchvision model of the same name with B-cos v2 units (``normalize_weights=True``, B=2, no
+bias, no ReLU, uncentered BatchNorm, max pooling as average pooling, the classifier as a 1x1
+B-cos convolution before the global pooling, a logit bias of ``-log(C - 1)``, the input
+``[x, 1 - x]`` with no normalisation). Such an entry is built by converting that torchvision
+architecture and loading the published weights under bcosify's key names (``conv1.linear.weight``
+-> ``conv1.weight``); ``scripts/zoo.py`` checks it against the ``bcos`` package itself. The
+other families (VGG-BNU, ConvNeXt, the B-cos ViTs) differ from their torchvision counterparts
+(a convolutional classifier, no GELU, other norms) and are listed but not loadable yet.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bcosify.errors import ModelSourceError
+from bcosify.preprocessing import Preprocessing
+from bcosify.sources._helpers import (
+    _file,
+    _load_except_head,
+    _load_strict,
+    load_state_dict_file,
+)
+from bcosify.sources._hub import (
+    _DOWNLOAD_SOCKET_TIMEOUT_S,
+    _download_error,
+    _ensure_downloadable,
+    _socket_timeout,
+    _torch_hub_cache_path,
+)
+
+ZOO_PREFIX = "bcos-v2/"
+"""Prefix of the published B-cos v2 models in :func:`bcosify.build_model`."""
+
+_RELEASE = "https://github.com/B-cos/B-cos-v2/releases/download/v0.0.1-weights"
+
+_CONVERTIBLE = ("resnet", "densenet")
+"""Families whose B-cos v2 models are conversions of the torchvision model of the same name."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One published B-cos v2 model.
+
+    Attributes:
+        name: the bcosify name, ``"bcos-v2/<hub name>"``.
+        family: ``"resnet"`` (ResNets and ResNeXt), ``"densenet"``, ``"vgg"``, ``"convnext"``,
+            ``"simple_vit"`` or ``"vitc"``.
+        architecture: the torchvision architecture it converts (``None`` for families that are
+            not conversions of a torchvision model).
+        file: the name of the published weight file (its name ends in the first 10 hex digits
+            of its sha256, which torch.hub checks).
+        top1: the ImageNet top-1 accuracy (%) published with it.
+        bcos: False for the standard (non-B-cos) ViTs, the sources of the published ViT
+            B-cosification.
+        resize_size, input_size: its evaluation preprocessing (resize the shorter side, center
+            crop); images in [0, 1] with no normalisation.
+    """
+
+    name: str
+    family: str
+    architecture: str | None
+    file: str
+    top1: float
+    bcos: bool = True
+    resize_size: int = 256
+    input_size: int = 224
+
+    @property
+    def url(self) -> str:
+        return f"{_RELEASE}/{self.file}"
+
+    @property
+    def hash_prefix(self) -> str:
+        """The sha256 prefix in the file name (what ``torch.hub`` checks with check_hash)."""
+        match = re.search(r"-([0-9a-f]{8,})\.", self.file)
+        if match is None:  # every published file name carries one
+            raise ModelSourceError(f"internal error: no hash in the file name {self.file!r}")
+        return match.group(1)
+
+    @property
+    def loadable(self) -> bool:
+        """Whether bcosify can build this entry (see the module docstring)."""
+        return self.family in _CONVERTIBLE
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            input_size=self.input_size,
+            resize_size=self.resize_size,
+            interpolation="bilinear",
+        )
+
+
+def _entries() -> dict[str, ZooEntry]:
+    rows: list[tuple[str, str, str | None, str, float]] = [
+        # hub name, family, torchvision architecture, weight file, published top-1
+        ("resnet18", "resnet", "resnet18", "resnet_18-68b4160fff.pth", 68.736),
+        ("resnet34", "resnet", "resnet34", "resnet_34-a63425a03e.pth", 72.284),
+        ("resnet50", "resnet", "resnet50", "resnet_50-ead259efe4.pth", 75.882),
+        ("resnet101", "resnet", "resnet101", "resnet_101-84c3658278.pth", 76.532),
+        ("resnet152", "resnet", "resnet152", "resnet_152-42051a77c1.pth", 76.484),
+        ("resnext50_32x4d", "resnet", "resnext50_32x4d", "resnext_50_32x4d-57af241ab9.pth", 75.820),
+        ("densenet121", "densenet", "densenet121", "densenet_121-b8daf96afb.pth", 73.612),
+        ("densenet161", "densenet", "densenet161", "densenet_161-9e9ea51353.pth", 76.622),
+        ("densenet169", "densenet", "densenet169", "densenet_169-7037ee0604.pth", 75.186),
+        ("densenet201", "densenet", "densenet201", "densenet_201-00ac87066f.pth", 75.480),
+        ("vgg11_bnu", "vgg", None, "vgg_11_bnu-34036029f0.pth", 69.310),
+        ("convnext_tiny", "convnext", None, "convnext_tiny_pn-539b1bfb37.pth", 77.488),
+        ("convnext_base", "convnext", None, "convnext_base_pn-b0495852c6.pth", 79.650),
+        ("convnext_tiny_bnu", "convnext", None, "convnext_tiny_bnu-dbd7f5ef9d.pth", 76.826),
+        ("convnext_base_bnu", "convnext", None, "convnext_base_bnu-7c32a704b3.pth", 80.142),
+        ("densenet121_long", "densenet", "densenet121", "densenet_121_long-5175461597.pth", 77.302),
+        ("resnet50_long", "resnet", "resnet50", "resnet_50_long-ef38a88533.pth", 79.468),
+        ("resnet152_long", "resnet", "resnet152", "resnet_152_long-0b4b434939.pth", 80.144),
+    ]
+    for size, acc in (("ti", 59.960), ("s", 69.246), ("b", 74.408), ("l", 75.060)):
+        name = f"simple_vit_{size}_patch16_224"
+        rows.append((name, "simple_vit", None, f"bcos_{name}-{_VIT_HASHES[name]}.pth", acc))
+    for size, acc in (("ti", 67.260), ("s", 74.504), ("b", 77.152), ("l", 77.782)):
+        name = f"vitc_{size}_patch1_14"
+        rows.append((name, "vitc", None, f"bcos_{name}-{_VIT_HASHES[name]}.pth", acc))
+    out = {}
+    for hub, family, arch, file, acc in rows:
+        # the "long" schedule (600 epochs) evaluates at resize 232, as torchvision's V2 weights
+        resize = 232 if hub.endswith("_long") or family == "convnext" else 256
+        out[ZOO_PREFIX + hub] = ZooEntry(ZOO_PREFIX + hub, family, arch, file, acc, True, resize)
+    standard = (
+        ("simple_vit_ti_patch16_224", "simple_vit", 70.230),
+        ("simple_vit_s_patch16_224", "simple_vit", 74.470),
+        ("simple_vit_b_patch16_224", "simple_vit", 75.300),
+        ("simple_vit_l_patch16_224", "simple_vit", 75.710),
+        ("vitc_ti_patch1_14", "vitc", 72.590),
+        ("vitc_s_patch1_14", "vitc", 75.756),
+        ("vitc_b_patch1_14", "vitc", 76.790),
+        ("vitc_l_patch1_14", "vitc", 77.866),
+    )
+    for hub, family, acc in standard:
+        file = f"standard_{hub}-{_VIT_HASHES['standard_' + hub]}.pth"
+        name = ZOO_PREFIX + "standard_" + hub
+        out[name] = ZooEntry(name, family, None, file, acc, bcos=False)
+    return out
+
+
+_VIT_HASHES = {
+    "simple_vit_ti_patch16_224": "4b0824b1c1",
+    "simple_vit_s_patch16_224": "75e99d1f73",
+    "simple_vit_b_patch16_224": "1fc4750806",
+    "simple_vit_l_patch16_224": "9613b2ad0a",
+    "vitc_ti_patch1_14": "ddd6193a77",
+    "vitc_s_patch1_14": "cf55c88f0c",
+    "vitc_b_patch1_14": "a13c46397b",
+    "vitc_l_patch1_14": "8739e18b8d",
+    "standard_simple_vit_ti_patch16_224": "2ae8c65a39",
+    "standard_simple_vit_s_patch16_224": "f2934fcdcf",
+    "standard_simple_vit_b_patch16_224": "87074200ed",
+    "standard_simple_vit_l_patch16_224": "62dc536e03",
+    "standard_vitc_ti_patch1_14": "a5d6bded37",
+    "standard_vitc_s_patch1_14": "34ecd7288e",
+    "standard_vitc_b_patch1_14": "4d374b0220",
+    "standard_vitc_l_patch1_14": "560e48f246",
+}
+
+ENTRIES: dict[str, ZooEntry] = _entries()
+"""Every published B-cos v2 ImageNet model, by bcosify name."""
+
+
+def zoo_entry(name: str) -> ZooEntry:
+    """The entry called ``name`` (``"bcos-v2/resnet50"``; the prefix may be left out).
+
+    Raises:
+        ModelSourceError: for an unknown name, with the closest names.
+
+    Example:
+        >>> zoo_entry("bcos-v2/resnet50").top1
+        75.882
+    """
+    key = name if name.startswith(ZOO_PREFIX) else ZOO_PREFIX + name
+    if key in ENTRIES:
+        return ENTRIES[key]
+    close = difflib.get_close_matches(key, list(ENTRIES), n=4, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ModelSourceError(
+        f"unknown B-cos v2 model {name!r}.{hint} `bcosify models --zoo` lists them all."
+    )
+
+
+# ---------------------------------------------------------------------------- weights
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hash_mismatch(entry: ZooEntry, path: Path, digest: str, where: str) -> ModelSourceError:
+    return ModelSourceError(
+        f"the weight file {path} of {entry.name!r} does not have the published hash: its sha256 "
+        f"is {digest}, the published file's starts with {entry.hash_prefix} ({where}). Run the "
+        f"command again to download it anew, or pass a verified copy with weights=PATH."
+    )
+
+
+def _published_file(entry: ZooEntry) -> Path:
+    """The published weight file in the torch.hub cache, downloaded if needed, hash checked.
+
+    A cached file whose sha256 does not start with the published prefix is removed from the
+    cache; a download is written to a temporary file and only moved into the cache when its
+    hash matches (``torch.hub.download_url_to_file``), so a bad file is never kept.
+    """
+    cached = _torch_hub_cache_path(entry.url)
+    if cached.is_file():
+        digest = _sha256(cached)
+        if not digest.startswith(entry.hash_prefix):
+            cached.unlink()
+            raise _hash_mismatch(entry, cached, digest, "the corrupted file was removed")
+        return cached
+    hint = f" (or put it in the torch.hub cache as {cached})"
+    _ensure_downloadable(entry.name, entry.url, hint)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
+            torch.hub.download_url_to_file(entry.url, str(cached), hash_prefix=entry.hash_prefix)
+    except (OSError, urllib.error.URLError) as e:
+        raise _download_error(entry.name, entry.url, str(e), hint) from e
+    except RuntimeError as e:
+        match = re.search(r'got "([0-9a-f]+)"', str(e))
+        digest = match.group(1) if match else "unknown"
+        raise _hash_mismatch(entry, cached, digest, "the download was discarded") from e
+    return cached
+
+
+def to_bcosify_keys(state_dict: dict[str, torch.Tensor], target: nn.Module) -> dict[str, object]:
+    """Rename a B-cos v2 state dict to the keys of bcosify's conversion ``target``.
+
+    B-cos v2 units keep their weight in a ``linear`` submodule (``layer1.0.conv1.linear.weight``);
+    bcosify's units are convolutions themselves (``layer1.0.conv1.weight``). A tensor whose
+    shape differs from the target's only by size-1 dimensions (a classifier stored as a 1x1
+    convolution) is reshaped. The logit bias, a constant of the architecture in B-cos v2, is
+    taken from ``target``. A file already in bcosify's layout passes unchanged.
+    """
+    own = target.state_dict()
+    out: dict[str, object] = {}
+    for key, value in state_dict.items():
+        new = key.replace(".linear.weight", ".weight") if key.endswith(".linear.weight") else key
+        want = own.get(new)
+        if (
+            want is not None
+            and value.shape != want.shape
+            and [s for s in value.shape if s != 1] == [s for s in want.shape if s != 1]
+        ):
+            value = value.reshape(want.shape)
+        out[new] = value
+    for key, value in own.items():
+        if key.endswith("logit_layer.logit_bias") and key not in out:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------- build
+def _convert_architecture(entry: ZooEntry, num_classes: int) -> torch.fx.GraphModule:
+    import bcosify
+    from bcosify.sources._builder import build_model
+
+    if entry.architecture is None:  # loadable entries all name one
+        raise ModelSourceError(f"internal error: {entry.name} has no architecture")
+    source = build_model(entry.architecture, weights="none", num_classes=num_classes)
+    source.bcosify_preprocessing = entry.preprocessing
+    config = bcosify.BcosConfig(normalize_weights=True)
+    model = bcosify.convert(source, config, mean=(0.0,) * 3, std=(1.0,) * 3)
+    model.bcosify_source = {**model.bcosify_source, "weights": "none", "zoo": entry.name}
+    return model
+
+
+def build_zoo_model(
+    name: str, weights: str | os.PathLike[str] | None, num_classes: int | None
+) -> nn.Module:
+    """A published B-cos v2 model as a converted bcosify model (see :func:`build_model`)."""
+    from bcosify.sources._helpers import _parse_weights
+
+    entry = zoo_entry(name)
+    if not entry.loadable:
+        what = "standard ViT" if not entry.bcos else f"B-cos {entry.family}"
+        raise ModelSourceError(
+            f"{entry.name} is published, but bcosify cannot build the {what} family of B-cos v2 "
+            "yet (only ResNets, ResNeXt and DenseNets: their architectures are conversions of "
+            "torchvision's). `bcosify models --zoo` lists what loads."
+        )
+    mode, path = _parse_weights(weights)
+    if mode == "packaged":
+        raise ModelSourceError(f"weights='packaged' is not available for {entry.name!r}")
+    n_classes = 1000 if num_classes is None else num_classes
+    model = _convert_architecture(entry, n_classes)
+    if mode == "none":
+        return model.eval()
+    file = _file(path) if mode == "file" else _published_file(entry)
+    state_dict = to_bcosify_keys(load_state_dict_file(file), model)
+    if n_classes != 1000 and mode == "DEFAULT":
+        _load_except_head(model, state_dict, entry.name, 1000, n_classes)
+    else:
+        _load_strict(model, state_dict, source=str(file), name=entry.name)
+    model.bcosify_source = {**model.bcosify_source, "weights": mode}
+    return model.eval()
+
+
+def _verification() -> dict[str, dict[str, object]]:
+    """The results of ``scripts/zoo.py`` (package data ``bcosify/zoo.json``), by name."""
+    import json
+    from importlib import resources
+
+    data = resources.files("bcosify").joinpath("zoo.json")
+    if not data.is_file():
+        return {}
+    return dict(json.loads(data.read_text(encoding="utf-8")).get("results", {}))
+
+
+def list_zoo() -> list[dict[str, object]]:
+    """One row per published B-cos v2 model: name, family, kind (``"B-cos"`` or
+    ``"standard"``), published top-1 (%), whether bcosify builds it, the torchvision architecture
+    it converts, and ``verified``: True/False when ``scripts/zoo.py`` compared it with the
+    ``bcos`` package (same logits and dynamic weights to 1e-5), None when not compared.
+
+    Example:
+        >>> rows = list_zoo()
+        >>> len(rows), sum(r["kind"] == "B-cos" for r in rows)
+        (34, 26)
+    """
+    checked = _verification()
+    return [
+        {
+            "name": e.name,
+            "family": e.family,
+            "kind": "B-cos" if e.bcos else "standard",
+            "top1": e.top1,
+            "loadable": e.loadable,
+            "architecture": e.architecture,
+            "verified": checked[e.name].get("passed") if e.name in checked else None,
+        }
+        for e in ENTRIES.values()
+    ]
+
+
+__all__ = [
+    "ENTRIES",
+    "ZOO_PREFIX",
+    "ZooEntry",
+    "build_zoo_model",
+    "list_zoo",
+    "to_bcosify_keys",
+    "zoo_entry",
+]

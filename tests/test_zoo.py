@@ -1,0 +1,217 @@
+"""The B-cos v2 zoo (``bcos-v2/`` names): equality with the ``bcos`` package, the published
+weight files (torch.hub cache, hash check, offline), save/load, explanations and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import bcosify
+from bcosify.cli import main
+from bcosify.errors import ModelSourceError
+from bcosify.sources import _zoo, list_zoo, zoo_entry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("zoo_script", ROOT / "scripts" / "zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _script()
+
+
+@pytest.fixture(scope="module")
+def published_r18(tmp_path_factory, script):
+    """A file laid out as the published resnet_18 weights (bcos's own state dict, random
+    weights with calibrated statistics), and the bcos model it came from."""
+    ref = script.reference("bcos-v2/resnet18")
+    path = tmp_path_factory.mktemp("published") / "resnet_18.pth"
+    torch.save(ref.state_dict(), path)
+    return path, ref
+
+
+@pytest.mark.parametrize("name", ["bcos-v2/resnet18", "bcos-v2/densenet121"])
+def test_same_function_and_dynamic_weights_as_bcos(script, name):
+    """One entry per family: logits (pixel part) and the dynamic weights of bcos's explain()
+    equal to 1e-5 in float64, random weights with calibrated statistics."""
+    result = script.verify(name)
+    assert result["logits_rel_error"] < 1e-5, result
+    assert result["dynamic_weights_rel_error"] < 1e-5, result
+    assert result["logit_bias_rel_error"] < 1e-6, result
+    assert result["pixel_completeness_error"] < 1e-6, result
+    assert result["passed"]
+
+
+def test_the_reference_depends_on_the_input(script):
+    """The check would be empty if bcos's random model were input-blind."""
+    ref = script.reference("bcos-v2/resnet18").double()
+    x = torch.rand(2, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        out = ref(torch.cat([x, 1 - x], 1))
+    pixels = out + math.log(999)  # the logit minus bcos's logit bias
+    assert (pixels[0] - pixels[1]).abs().max() > 0.1 * pixels.abs().max()
+
+
+def test_a_published_file_loads_and_explains_completely(published_r18):
+    path, ref = published_r18
+    model = bcosify.build_model("bcos-v2/resnet18", weights=path)
+    assert model.bcosify_source["zoo"] == "bcos-v2/resnet18"
+    assert model.bcosify_source["weights"] == "file"
+    pre = model.bcosify_preprocessing
+    assert (pre.mean, pre.std) == ((0.0,) * 3, (1.0,) * 3)
+    assert (pre.input_size, pre.resize_size) == (224, 256)
+    x = torch.rand(3, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(torch.cat([x, 1 - x], 1)), rtol=0, atol=1e-5)
+    e = bcosify.explain(model.double(), x.double())
+    assert e.pixel_completeness_error.max() < 1e-8
+
+
+def test_save_and_load_round_trip(published_r18, tmp_path):
+    path, _ = published_r18
+    model = bcosify.build_model("bcos-v2/resnet18", weights=path)
+    again = bcosify.load(bcosify.save(model, tmp_path / "m"))
+    assert again.bcosify_source["zoo"] == "bcos-v2/resnet18"
+    assert again.bcosify_preprocessing == model.bcosify_preprocessing
+    x = torch.rand(2, 3, 224, 224)
+    assert torch.equal(again(x), model(x))
+
+
+def test_a_bcosify_state_dict_loads_too(published_r18, tmp_path):
+    path, _ = published_r18
+    model = bcosify.build_model("bcos-v2/resnet18", weights=path)
+    own = tmp_path / "own.pth"
+    torch.save(model.state_dict(), own)
+    again = bcosify.build_model("bcos-v2/resnet18", weights=own)
+    x = torch.rand(1, 3, 224, 224)
+    assert torch.equal(again(x), model(x))
+
+
+def test_a_file_of_another_model_is_refused(published_r18):
+    path, _ = published_r18
+    with pytest.raises(ModelSourceError, match=r"resnet_18\.pth.*do not match.*bcos-v2/resnet34"):
+        bcosify.build_model("bcos-v2/resnet34", weights=path)
+
+
+def test_unknown_names_get_close_matches():
+    with pytest.raises(ModelSourceError, match=r"Did you mean: bcos-v2/resnet50"):
+        bcosify.build_model("bcos-v2/resnet5")
+    with pytest.raises(ModelSourceError, match="models --zoo"):
+        zoo_entry("bcos-v2/alexnet")
+    assert zoo_entry("densenet121_long").resize_size == 232
+
+
+def test_families_not_built_yet_say_so():
+    with pytest.raises(ModelSourceError, match="cannot build the B-cos vgg family"):
+        bcosify.build_model("bcos-v2/vgg11_bnu", weights="none")
+    with pytest.raises(ModelSourceError, match="standard ViT"):
+        bcosify.build_model("bcos-v2/standard_simple_vit_b_patch16_224")
+
+
+def test_the_table():
+    rows = list_zoo()
+    assert len(rows) == 34
+    assert sum(r["kind"] == "B-cos" for r in rows) == 26
+    assert {r["family"] for r in rows if r["loadable"]} == {"resnet", "densenet"}
+    for entry in _zoo.ENTRIES.values():
+        assert len(entry.hash_prefix) == 10
+        assert entry.url.endswith("/" + entry.file)
+
+
+# ---------------------------------------------------------------- published weights (DEFAULT)
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty torch.hub cache."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def test_offline_and_not_cached(hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cached = hub / "resnet_18-68b4160fff.pth"
+    with pytest.raises(ModelSourceError, match="offline") as info:
+        bcosify.build_model("bcos-v2/resnet18")
+    assert str(cached) in str(info.value) and "weights=" in str(info.value)
+
+
+def test_a_cached_file_with_another_hash_is_refused_and_removed(hub):
+    hub.mkdir(parents=True)
+    cached = hub / "resnet_18-68b4160fff.pth"
+    cached.write_bytes(b"not the published file")
+    digest = hashlib.sha256(b"not the published file").hexdigest()
+    with pytest.raises(ModelSourceError) as info:
+        bcosify.build_model("bcos-v2/resnet18")
+    message = str(info.value)
+    assert str(cached) in message and digest in message and "68b4160fff" in message
+    assert not cached.exists()
+
+
+def _mirror(tmp_path, monkeypatch, content: Path, prefix: str | None = None) -> Path:
+    """Serve ``content`` as the published resnet18 file from a file:// release directory, the
+    entry's hash prefix being that of ``content`` (or ``prefix``)."""
+    data = content.read_bytes()
+    prefix = prefix or hashlib.sha256(data).hexdigest()[:10]
+    release = tmp_path / "release"
+    release.mkdir()
+    name = f"resnet_18-{prefix}.pth"
+    (release / name).write_bytes(data)
+    monkeypatch.setattr(_zoo, "_RELEASE", release.as_uri())
+    entry = _zoo.ENTRIES["bcos-v2/resnet18"]
+    monkeypatch.setitem(_zoo.ENTRIES, entry.name, _zoo.ZooEntry(**{**entry.__dict__, "file": name}))
+    return release / name
+
+
+def test_default_weights_download_into_the_hub_cache(hub, tmp_path, monkeypatch, published_r18):
+    path, ref = published_r18
+    served = _mirror(tmp_path, monkeypatch, path)
+    model = bcosify.build_model("bcos-v2/resnet18")
+    assert (hub / served.name).is_file()
+    assert model.bcosify_source["weights"] == "DEFAULT"
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(torch.cat([x, 1 - x], 1)), rtol=0, atol=1e-5)
+    # a new head for fine-tuning: everything else pretrained
+    ten = bcosify.build_model("bcos-v2/resnet18", num_classes=10)
+    assert ten(x).shape == (1, 10)
+    assert torch.equal(ten.state_dict()["conv1.weight"], model.state_dict()["conv1.weight"])
+
+
+def test_a_download_with_another_hash_is_not_kept(hub, tmp_path, monkeypatch, published_r18):
+    path, _ = published_r18
+    served = _mirror(tmp_path, monkeypatch, path, prefix="0123456789")
+    with pytest.raises(ModelSourceError, match="0123456789") as info:
+        bcosify.build_model("bcos-v2/resnet18")
+    assert hashlib.sha256(served.read_bytes()).hexdigest() in str(info.value)
+    assert not (hub / served.name).exists()
+    assert not any(hub.iterdir()) if hub.exists() else True
+
+
+# ---------------------------------------------------------------- command line
+def test_cli_lists_the_zoo(capsys):
+    assert main(["models", "--zoo"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("bcos-v2/")]
+    assert len(lines) == 34
+    assert any(line.startswith("bcos-v2/resnet50 ") and "75.88%" in line for line in lines)
+    vgg = next(line for line in lines if line.startswith("bcos-v2/vgg11_bnu"))
+    assert " no " in vgg
+
+
+def test_cli_converts_a_zoo_model(published_r18, tmp_path, capsys):
+    path, _ = published_r18
+    out = tmp_path / "r18"
+    assert main(["convert", "bcos-v2/resnet18", "--weights", str(path), "--out", str(out)]) == 0
+    assert bcosify.load(out).bcosify_source["zoo"] == "bcos-v2/resnet18"
+    assert main(["convert", "bcos-v2/resnet18", "--b", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "do not apply" in capsys.readouterr().err
