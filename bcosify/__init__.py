@@ -38,6 +38,7 @@ _EXPORTS = {
     "unregister_module_rule": "bcosify.fx.registry",
     "NodeMap": "bcosify.fx.nodemap",
     "node_map": "bcosify.fx.nodemap",
+    "push_to_hub": "bcosify.hub",
     "load": "bcosify.io",
     "save": "bcosify.io",
     "ConversionReport": "bcosify.report",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         unregister_function_rule,
         unregister_module_rule,
     )
+    from bcosify.hub import push_to_hub
     from bcosify.io import load, save
     from bcosify.report import ConversionReport
     from bcosify.sources import build_model
@@ -103,6 +105,7 @@ __all__ = [
     "is_converted",
     "load",
     "node_map",
+    "push_to_hub",
     "declare_safe_subclass",
     "register_function_rule",
     "register_module_rule",

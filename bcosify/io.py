@@ -255,7 +255,10 @@ def load(
     pickle is ever loaded.
 
     Args:
-        directory: a directory written by :func:`save`.
+        directory: a directory written by :func:`save`, or ``"hf-hub:org/name"``: a model
+            pushed with :func:`bcosify.push_to_hub`, downloaded through ``huggingface_hub``
+            (its cache; ``HF_HUB_OFFLINE=1`` reads the cache only). Only its ``config.json``
+            and ``model.safetensors`` are read: no code from the repository runs.
         model: the *unconverted* source architecture (an ``nn.Module``, its weights are not
             used). Required when the saved model was converted from a custom model (the saved
             source name is null); otherwise it replaces the rebuilt architecture.
@@ -280,7 +283,14 @@ def load(
         >>> load(path)(torch.rand(1, 3, 64, 64)).shape
         torch.Size([1, 1000])
     """
-    root = Path(directory).expanduser()
+    hub_repo = None
+    if isinstance(directory, str) and directory.startswith("hf-hub:"):
+        from bcosify import hub
+
+        root = hub.download(directory)
+        hub_repo = directory[len(hub.HF_PREFIX) :]
+    else:
+        root = Path(directory).expanduser()
     if not root.is_dir():
         raise BcosifyError(f"cannot load a model from {root}: no such directory")
     config_path = root / CONFIG_NAME
@@ -354,7 +364,7 @@ def load(
         converted,
         bcosify_preprocessing=preprocessing,
         transform=preprocessing.transform(),
-        bcosify_source=dict(source),
+        bcosify_source={**source, "hf_hub": hub_repo} if hub_repo else dict(source),
         bcosify_num_classes=num_classes,
     )
     return converted.to(map_location).eval()

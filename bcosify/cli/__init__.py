@@ -23,7 +23,11 @@ _EPILOGS = {
     "evaluate": "",  # bcosify.cli.evaluate.EPILOG
     "explain": """examples:
   bcosify explain lite0-bcos cat.jpg dog.png --out explanations
-  bcosify explain lite0-bcos cat.jpg --target 281 --out explanations""",
+  bcosify explain lite0-bcos cat.jpg --target 281 --out explanations
+  bcosify explain hf-hub:org/resnet50-bcos cat.jpg --out explanations""",
+    "push": """examples:
+  bcosify push r50-bcos org/resnet50-bcos              # after `hf auth login`
+  bcosify push runs/r50/model org/resnet50-bcos-ft --private""",
     "models": """examples:
   bcosify models          # the architectures verified to convert
   bcosify models --zoo    # the published B-cos v2 models bcosify loads""",
@@ -107,11 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_evaluate_options(p)
 
     p = add("explain", "explain images with a converted model; one figure per image")
-    p.add_argument("model_dir", help="a directory written by `bcosify convert`")
+    p.add_argument("model_dir", help="a directory written by `bcosify convert`, or hf-hub:org/name")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: top-1)")
     p.add_argument("--out", required=True, help="output directory for the figures")
     p.add_argument("--overwrite", action="store_true", help="replace existing figures")
+
+    p = add("push", "upload a model directory to the Hugging Face Hub, with a model card")
+    p.add_argument("model_dir", help="a directory written by `bcosify convert` or finetune")
+    p.add_argument("repo_id", help="org/name on the Hugging Face Hub")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--metrics", default=None, help="a JSON file of metrics for the card")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead")
 
     p = add("models", "list the architectures verified to convert, or the published B-cos models")
     p.add_argument(
@@ -289,6 +300,32 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _cmd_push(args) -> int:
+    import json
+
+    from bcosify.hub import push_to_hub
+
+    metrics = None
+    if args.metrics:
+        try:
+            metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise BcosifyError(f"--metrics {args.metrics}: not a readable JSON file ({e})") from e
+        if isinstance(metrics, list) and metrics:  # a fine-tuning run's metrics.json
+            metrics = metrics[-1]
+        if not isinstance(metrics, dict):
+            raise BcosifyError(f"--metrics {args.metrics} must hold a JSON object")
+    url = push_to_hub(
+        args.model_dir,
+        args.repo_id,
+        private=True if args.private else None,
+        create_pr=args.create_pr,
+        metrics=metrics,
+    )
+    print(f"pushed to {url}; load it with bcosify.load('hf-hub:{args.repo_id}')")
+    return 0
+
+
 def _print_zoo() -> int:
     from bcosify.sources import list_zoo
 
@@ -356,6 +393,7 @@ _COMMANDS = {
     "evaluate": _cmd_evaluate,
     "explain": _cmd_explain,
     "models": _cmd_models,
+    "push": _cmd_push,
     "demo": _cmd_demo,
     "finetune": _cmd_finetune,
 }

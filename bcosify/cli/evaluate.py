@@ -140,6 +140,8 @@ def _main_model(args, device) -> tuple[Any, str]:
     from bcosify.io import load
     from bcosify.sources import build_model
 
+    if args.model.startswith("hf-hub:"):
+        return load(args.model, map_location=device), "converted"
     path = Path(args.model).expanduser()
     if path.is_dir():
         return load(path, map_location=device), "converted"
