@@ -13,7 +13,7 @@ from bcosify.support import VERIFIED_MODELS
 
 
 def test_help_has_examples(capsys):
-    for cmd in ["convert", "inspect", "explain", "models", "demo", "finetune"]:
+    for cmd in ["convert", "inspect", "explain", "models", "push", "demo", "finetune"]:
         with pytest.raises(SystemExit) as info:
             main([cmd, "--help"])
         assert info.value.code == 0
