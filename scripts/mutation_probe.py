@@ -240,6 +240,25 @@ MUTATIONS: list[Mutation] = [
         ),
         "tests/test_io.py",
     ),
+    # --- zoo and hub
+    _m(
+        "zoo: the B-cos v2 models are built without unit-norm weights",
+        "bcosify/sources/_zoo.py",
+        ("BcosConfig(normalize_weights=True)", "BcosConfig()"),
+        "tests/test_zoo.py::test_same_function_and_dynamic_weights_as_bcos",
+    ),
+    _m(
+        "zoo: a cached weight file with another hash is used",
+        "bcosify/sources/_zoo.py",
+        ("        if not digest.startswith(entry.hash_prefix):\n", "        if False:\n"),
+        "tests/test_zoo.py",
+    ),
+    _m(
+        "hub: a repository that is not a bcosify model is loaded as one",
+        "bcosify/hub.py",
+        ("    _check_bcosify_repo(repo_id, folder)\n    return folder\n", "    return folder\n"),
+        "tests/test_hub.py",
+    ),
     # --- explain
     _m(
         "explain: constant contributions are averaged instead of summed per sample",

@@ -784,3 +784,15 @@ def test_three_steps_equal_hand_written_adamw(tmp_path, agc):
         max(float((p.detach() - start[n]).abs().max()) for n, p in expected.named_parameters())
         > 1e-3
     )
+
+
+def test_finetune_a_published_bcos_model(tmp_path, folder):
+    """model.source bcos-v2/NAME: built converted (here with random weights), fine-tuned as
+    it is; conversion options do not apply to it."""
+    common = ["model.source=bcos-v2/resnet18", f"data.root={folder}", *FAST]
+    result = finetune(TINY, [*common, f"output={tmp_path / 'run'}", "train.max_steps=2"])
+    assert result.global_step == 2 and result.model.bcosify_num_classes == 4
+    assert result.model.bcosify_source["zoo"] == "bcos-v2/resnet18"
+    assert bcosify.load(tmp_path / "run" / "model").bcosify_source["zoo"] == "bcos-v2/resnet18"
+    with pytest.raises(RecipeError, match="do not apply"):
+        finetune(TINY, [*common, f"output={tmp_path / 'r2'}", "model.config.b=1.5"])

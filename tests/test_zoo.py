@@ -67,7 +67,9 @@ def test_a_published_file_loads_and_explains_completely(published_r18):
     path, ref = published_r18
     model = bcosify.build_model("bcos-v2/resnet18", weights=path)
     assert model.bcosify_source["zoo"] == "bcos-v2/resnet18"
-    assert model.bcosify_source["weights"] == "file"
+    # the torchvision source had no weights; the published ones are the zoo entry's
+    assert model.bcosify_source["weights"] == "none"
+    assert model.bcosify_source["zoo_weights"] == "file"
     pre = model.bcosify_preprocessing
     assert (pre.mean, pre.std) == ((0.0,) * 3, (1.0,) * 3)
     assert (pre.input_size, pre.resize_size) == (224, 256)
@@ -177,7 +179,7 @@ def test_default_weights_download_into_the_hub_cache(hub, tmp_path, monkeypatch,
     served = _mirror(tmp_path, monkeypatch, path)
     model = bcosify.build_model("bcos-v2/resnet18")
     assert (hub / served.name).is_file()
-    assert model.bcosify_source["weights"] == "DEFAULT"
+    assert model.bcosify_source["zoo_weights"] == "DEFAULT"
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(torch.cat([x, 1 - x], 1)), rtol=0, atol=1e-5)
@@ -215,3 +217,30 @@ def test_cli_converts_a_zoo_model(published_r18, tmp_path, capsys):
     assert bcosify.load(out).bcosify_source["zoo"] == "bcos-v2/resnet18"
     assert main(["convert", "bcos-v2/resnet18", "--b", "1", "--out", str(tmp_path / "x")]) == 2
     assert "do not apply" in capsys.readouterr().err
+
+
+def test_evaluate_takes_a_zoo_model_as_converted_and_wants_an_explicit_original(tmp_path, capsys):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for k, name in enumerate(("n01440764", "n01443537")):
+        (data / name).mkdir(parents=True)
+        Image.new("RGB", (64, 64), (40 * k, 90, 200)).save(data / name / "a.png")
+    argv = ["evaluate", "bcos-v2/resnet18", "--weights", "none", "--data", str(data)]
+    assert main([*argv, "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "converted" in out
+    assert main([*argv, "--out", str(tmp_path / "ev2"), "--baselines"]) == 2
+    assert "has no original" in capsys.readouterr().err
+
+
+def test_the_card_of_a_zoo_model(published_r18, tmp_path):
+    from bcosify import hub
+
+    path, _ = published_r18
+    model = bcosify.build_model("bcos-v2/resnet18", weights=path)
+    folder = hub.write_hub_folder(model, tmp_path / "up", "org/r18")
+    text = (folder / "README.md").read_text()
+    assert "`bcos-v2/resnet18`, the published B-cos v2 model, with a local copy of its" in text
+    assert "license: apache-2.0" in text
+    assert "1000 classes in the ImageNet-1k order: tench" in text

@@ -145,8 +145,11 @@ def _main_model(args, device) -> tuple[Any, str]:
     path = Path(args.model).expanduser()
     if path.is_dir():
         return load(path, map_location=device), "converted"
+    from bcosify.convert import is_converted
+
     model = build_model(args.model, args.weights, num_classes=args.num_classes)
-    return model.to(device), "original"
+    # a published B-cos model (bcos-v2/NAME) is built converted
+    return model.to(device), "converted" if is_converted(model) else "original"
 
 
 def _num_classes(model) -> int:
@@ -205,6 +208,12 @@ def _original(args, model, kind: str, num_classes: int, device):
         )
     source_name = (getattr(model, "bcosify_source", None) or {}).get("name")
     spec = args.original
+    zoo = (getattr(model, "bcosify_source", None) or {}).get("zoo")
+    if spec is None and zoo:
+        raise BcosifyError(
+            f"{zoo} was trained as a B-cos model: it has no original to compare with or to run "
+            "the baselines on; pass --original NAME (and --original-weights) for one"
+        )
     if spec is None:
         if not source_name:
             raise BcosifyError(

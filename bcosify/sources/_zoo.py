@@ -289,6 +289,8 @@ def _convert_architecture(entry: ZooEntry, num_classes: int) -> torch.fx.GraphMo
     source.bcosify_preprocessing = entry.preprocessing
     config = bcosify.BcosConfig(normalize_weights=True)
     model = bcosify.convert(source, config, mean=(0.0,) * 3, std=(1.0,) * 3)
+    # the source (the torchvision architecture) has no weights of its own: the published
+    # weights are the zoo entry's ("zoo_weights"), so nothing takes torchvision's for them
     model.bcosify_source = {**model.bcosify_source, "weights": "none", "zoo": entry.name}
     return model
 
@@ -320,7 +322,7 @@ def build_zoo_model(
         _load_except_head(model, state_dict, entry.name, 1000, n_classes)
     else:
         _load_strict(model, state_dict, source=str(file), name=entry.name)
-    model.bcosify_source = {**model.bcosify_source, "weights": mode}
+    model.bcosify_source = {**model.bcosify_source, "zoo_weights": mode}
     return model.eval()
 
 

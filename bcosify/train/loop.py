@@ -358,6 +358,13 @@ class _Run:
             config = BcosConfig.from_dict(m.config)
         except (BcosifyError, TypeError) as e:
             raise RecipeError(f"model.config: {e}") from e
+        if bcosify.is_converted(source):  # a published B-cos model (bcos-v2/NAME)
+            if config != BcosConfig() or m.mean is not None or m.std is not None:
+                raise RecipeError(
+                    f"model.source {m.source} is a published B-cos model, built converted: "
+                    "model.config, model.mean and model.std do not apply to it; leave them out"
+                )
+            return source
         self.source_model = source
         return bcosify.convert(source, config, mean=m.mean, std=m.std)
 
