@@ -28,7 +28,14 @@ from torch import nn
 
 from bcosify.errors import BcosifyError
 
-__all__ = ["HF_PREFIX", "download", "model_card", "push_to_hub", "write_hub_folder"]
+__all__ = [
+    "HF_PREFIX",
+    "download",
+    "model_card",
+    "push_to_hub",
+    "read_metrics",
+    "write_hub_folder",
+]
 
 HF_PREFIX = "hf-hub:"
 """Prefix of a Hugging Face Hub repository in :func:`bcosify.load` and the CLI."""
@@ -57,6 +64,18 @@ def _repo_id(ref: str) -> str:
 
 
 # ---------------------------------------------------------------------------- the card
+def _timm_cfg(name: Any) -> Any:
+    """timm's pretrained config of a ``timm/...`` source name (None if unknown)."""
+    if not isinstance(name, str) or not name.startswith("timm/"):
+        return None
+    try:
+        from timm.models import get_pretrained_cfg
+
+        return get_pretrained_cfg(name[len("timm/") :])
+    except (RuntimeError, ImportError):
+        return None
+
+
 def _source_license(source: Mapping[str, Any]) -> dict[str, str]:
     """The licence of the source weights, as model-card metadata (empty when unknown)."""
     name, weights = source.get("name"), source.get("weights")
@@ -65,12 +84,7 @@ def _source_license(source: Mapping[str, Any]) -> dict[str, str]:
     if weights in (None, "none", "file") or not isinstance(name, str):
         return {}  # random weights or a file of unknown origin
     if name.startswith("timm/"):
-        try:
-            from timm.models import get_pretrained_cfg
-
-            cfg = get_pretrained_cfg(name[len("timm/") :])
-        except (RuntimeError, ImportError):
-            return {}
+        cfg = _timm_cfg(name)
         return {"license": cfg.license} if cfg is not None and cfg.license else {}
     return dict(_TORCHVISION_LICENSE)
 
@@ -79,16 +93,8 @@ def _base_model(source: Mapping[str, Any]) -> str | None:
     """The Hub repository the converted weights come from, when there is one."""
     if source.get("hf_hub"):
         return str(source["hf_hub"])
-    name = source.get("name")
-    if source.get("weights") == "DEFAULT" and isinstance(name, str) and name.startswith("timm/"):
-        try:
-            from timm.models import get_pretrained_cfg
-
-            cfg = get_pretrained_cfg(name[len("timm/") :])
-        except (RuntimeError, ImportError):
-            return None
-        return getattr(cfg, "hf_hub_id", None) or None
-    return None
+    cfg = _timm_cfg(source.get("name")) if source.get("weights") == "DEFAULT" else None
+    return getattr(cfg, "hf_hub_id", None) or None
 
 
 def _class_names(meta: Mapping[str, Any]) -> str:
@@ -215,18 +221,38 @@ def model_card(
 
 
 # ---------------------------------------------------------------------------- push
+def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Metrics for a model card from a JSON file: an object, or the ``metrics.json`` of a
+    fine-tuning run (a list of epochs: the last one that was evaluated).
+
+    Raises:
+        BcosifyError: an unreadable file, or one with no metrics.
+    """
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise BcosifyError(f"metrics file {path}: not a readable JSON file ({e})") from e
+    if isinstance(value, list):  # epochs: keep those with more than epoch, step and lr
+        evaluated = [h for h in value if isinstance(h, dict) and set(h) - {"epoch", "step", "lr"}]
+        value = evaluated[-1] if evaluated else None
+    if not isinstance(value, dict):
+        raise BcosifyError(
+            f"metrics file {path} must hold a JSON object (or a fine-tuning run's list of "
+            "evaluated epochs)"
+        )
+    return value
+
+
 def _metrics_near(directory: Path) -> dict[str, Any] | None:
-    """The last evaluated epoch of a fine-tuning run whose model directory is ``directory``
-    (``<run>/model``, with ``<run>/metrics.json``)."""
+    """The metrics of the fine-tuning run whose model directory is ``directory`` (``<run>/model``
+    next to ``<run>/metrics.json``), if any."""
     path = directory.parent / "metrics.json"
     if directory.name != "model" or not path.is_file():
         return None
     try:
-        history = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return read_metrics(path)
+    except BcosifyError:
         return None
-    evaluated = [h for h in history if isinstance(h, dict) and len(h) > 3]
-    return dict(evaluated[-1]) if evaluated else None
 
 
 def write_hub_folder(

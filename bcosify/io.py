@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -42,6 +41,7 @@ from bcosify.config import BcosConfig
 from bcosify.errors import BcosifyError, ModelSourceError
 from bcosify.preprocessing import Preprocessing
 from bcosify.sources import compare_state_dicts
+from bcosify.sources._helpers import sha256_file
 
 __all__ = ["save", "load", "FORMAT_VERSION", "WEIGHTS_NAME", "CONFIG_NAME"]
 
@@ -128,7 +128,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
     try:
         save_file(tensors, str(tmp_weights), metadata={"format": "pt", "bcosify_format": "1"})
         _fsync(tmp_weights)
-        meta["sha256"] = _sha256(tmp_weights)
+        meta["sha256"] = sha256_file(tmp_weights)
         with open(tmp_config, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=False)
             f.write("\n")
@@ -223,14 +223,6 @@ def _versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -417,7 +409,7 @@ def _check_weights_file(path: Path, sha256: str) -> None:
     if not path.is_file():
         raise BcosifyError(f"{path} not found: the saved model has no weights file")
     try:
-        digest = _sha256(path)
+        digest = sha256_file(path)
     except OSError as e:
         raise BcosifyError(f"could not read {path}: {e}") from e
     if digest != sha256.lower():

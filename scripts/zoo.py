@@ -179,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         names = list(ONE_PER_FAMILY)
     else:
         names = [str(r["name"]) for r in rows if r["loadable"]]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     results = {}
     for name in names:
         res = verify(name)

@@ -170,3 +170,14 @@ def test_cli_explains_a_hub_model_and_push_fails_cleanly(model, cache, tmp_path,
     assert any(out.iterdir())
     assert main(["push", str(tmp_path / "upload"), "org/r18-bcos"]) == 2
     assert "offline mode is on" in capsys.readouterr().err
+
+
+def test_read_metrics(tmp_path):
+    run = tmp_path / "metrics.json"
+    run.write_text(json.dumps([{"epoch": 1, "step": 5, "val_top1": 0.5}, {"epoch": 2, "lr": 0.1}]))
+    assert hub.read_metrics(run) == {"epoch": 1, "step": 5, "val_top1": 0.5}
+    run.write_text(json.dumps([{"epoch": 1, "step": 5, "lr": 0.1}]))
+    with pytest.raises(BcosifyError, match="must hold a JSON object"):
+        hub.read_metrics(run)
+    with pytest.raises(BcosifyError, match="not a readable JSON file"):
+        hub.read_metrics(tmp_path / "missing.json")

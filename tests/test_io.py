@@ -14,6 +14,7 @@ from torch import nn
 import bcosify
 from bcosify import BcosConfig, BcosifyError, io, sources
 from bcosify.preprocessing import Preprocessing
+from bcosify.sources._helpers import sha256_file
 from tests.helpers import MEAN, STD, calibrate, pixel_completeness, randomize_norms
 
 SIZE = 48
@@ -249,7 +250,7 @@ def test_damaged_header_with_matching_sha(saved_copy):
     path.write_bytes(path.read_bytes()[:100])
     config = saved_copy / "config.json"
     meta = json.loads(config.read_text())
-    meta["sha256"] = io._sha256(path)
+    meta["sha256"] = sha256_file(path)
     config.write_text(json.dumps(meta))
     with pytest.raises(BcosifyError, match="model.safetensors"):
         io.load(saved_copy)

@@ -301,26 +301,14 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_push(args) -> int:
-    import json
+    from bcosify.hub import push_to_hub, read_metrics
 
-    from bcosify.hub import push_to_hub
-
-    metrics = None
-    if args.metrics:
-        try:
-            metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise BcosifyError(f"--metrics {args.metrics}: not a readable JSON file ({e})") from e
-        if isinstance(metrics, list) and metrics:  # a fine-tuning run's metrics.json
-            metrics = metrics[-1]
-        if not isinstance(metrics, dict):
-            raise BcosifyError(f"--metrics {args.metrics} must hold a JSON object")
     url = push_to_hub(
         args.model_dir,
         args.repo_id,
         private=True if args.private else None,
         create_pr=args.create_pr,
-        metrics=metrics,
+        metrics=read_metrics(args.metrics) if args.metrics else None,
     )
     print(f"pushed to {url}; load it with bcosify.load('hf-hub:{args.repo_id}')")
     return 0

@@ -20,6 +20,17 @@ _TORCH_LOAD_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 _HALF = (0.5, 0.5, 0.5)
 
 
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a state dict from a ``.safetensors`` or ``.pth``/``.pt`` file (CPU tensors).
 

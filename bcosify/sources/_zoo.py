@@ -21,7 +21,6 @@ other families (VGG-BNU, ConvNeXt, the B-cos ViTs) differ from their torchvision
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import re
 import urllib.error
@@ -38,6 +37,7 @@ from bcosify.sources._helpers import (
     _load_except_head,
     _load_strict,
     load_state_dict_file,
+    sha256_file,
 )
 from bcosify.sources._hub import (
     _DOWNLOAD_SOCKET_TIMEOUT_S,
@@ -206,14 +206,6 @@ def zoo_entry(name: str) -> ZooEntry:
 
 
 # ---------------------------------------------------------------------------- weights
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _hash_mismatch(entry: ZooEntry, path: Path, digest: str, where: str) -> ModelSourceError:
     return ModelSourceError(
         f"the weight file {path} of {entry.name!r} does not have the published hash: its sha256 "
@@ -231,7 +223,7 @@ def _published_file(entry: ZooEntry) -> Path:
     """
     cached = _torch_hub_cache_path(entry.url)
     if cached.is_file():
-        digest = _sha256(cached)
+        digest = sha256_file(cached)
         if not digest.startswith(entry.hash_prefix):
             cached.unlink()
             raise _hash_mismatch(entry, cached, digest, "the corrupted file was removed")
