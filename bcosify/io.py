@@ -304,23 +304,11 @@ def load(
 
     source = meta["source"]
     num_classes = meta["num_classes"]
-    arch = _source_architecture(source, num_classes, model, config_path)
-
-    import bcosify
-
-    try:
-        converted = bcosify.convert(
-            arch,
-            config,
-            mean=preprocessing.mean,
-            std=preprocessing.std,
-            input_size=preprocessing.input_size,
-        )
-    except BcosifyError as e:
-        raise BcosifyError(
-            f"{config_path}: could not convert the source architecture "
-            f"{source.get('name') or type(arch).__name__} again: {e}"
-        ) from e
+    if model is None and source.get("name") is None and source.get("zoo"):
+        # a published B-cos model that bcosify builds itself (not a conversion): by its name
+        converted = _rebuild_zoo_model(source["zoo"], num_classes, config_path)
+    else:
+        converted = _convert_again(source, num_classes, model, config, preprocessing, config_path)
     if converted.bcosify_num_classes != num_classes:
         raise BcosifyError(
             f"{config_path} says num_classes={num_classes} but the rebuilt architecture has "
@@ -428,6 +416,43 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise BcosifyError(
             f"{WEIGHTS_NAME} is corrupted or truncated: could not read {path} "
             f"({type(e).__name__}: {e})"
+        ) from e
+
+
+def _rebuild_zoo_model(name: Any, num_classes: int, config_path: Path) -> nn.Module:
+    from bcosify.sources import build_model
+
+    if not isinstance(name, str):
+        raise BcosifyError(f"{config_path}: 'source.zoo' must be a model name, got {name!r}")
+    try:
+        return build_model(name, weights="none", num_classes=num_classes)
+    except ModelSourceError as e:
+        raise BcosifyError(f"{config_path}: could not rebuild {name}: {e}") from e
+
+
+def _convert_again(
+    source: dict[str, Any],
+    num_classes: int,
+    model: nn.Module | None,
+    config: BcosConfig,
+    preprocessing: Preprocessing,
+    config_path: Path,
+) -> nn.Module:
+    import bcosify
+
+    arch = _source_architecture(source, num_classes, model, config_path)
+    try:
+        return bcosify.convert(
+            arch,
+            config,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            input_size=preprocessing.input_size,
+        )
+    except BcosifyError as e:
+        raise BcosifyError(
+            f"{config_path}: could not convert the source architecture "
+            f"{source.get('name') or type(arch).__name__} again: {e}"
         ) from e
 
 

@@ -67,7 +67,10 @@ class ConversionReport:
         }
 
     def __str__(self) -> str:
-        order = ["replaced", "folded", "moved", "removed", "inserted", "kept", "skipped"]
+        order = ["built", "replaced", "folded", "moved", "removed", "inserted", "kept", "skipped"]
+        # every other action (specialized, kept whole, not checked, ...) after those, as added
+        order += [e.action for e in self.entries if e.action not in order]
+        order = list(dict.fromkeys(order))
         lines = [f"B-cos conversion of {self.model or 'model'}"]
         cfg = self.config
         if cfg:

@@ -67,6 +67,7 @@ def test_a_module_that_branches_on_its_size_is_traced_at_that_size_for_any_batch
     converted = bcosify.convert(model, EXACT, mean=MEAN, std=STD, input_size=6)
     entry = next(e for e in converted.conversion_report.entries if e.name == "block")
     assert entry.action == "specialized" and "6x6" in entry.what
+    assert f"specialized {entry.what}" in str(converted.conversion_report)  # printed, too
     for batch in (1, 3, 7):  # traced at batch sizes 2 and 5: the batch stays free
         x = torch.rand(batch, 3, 6, 6)
         torch.testing.assert_close(converted(x), model(normalized(x)), rtol=1e-4, atol=1e-5)

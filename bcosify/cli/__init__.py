@@ -318,16 +318,15 @@ def _print_zoo() -> int:
     from bcosify.sources import list_zoo
 
     verdicts = {True: "yes", False: "FAILED", None: "not run"}
-    print(f"{'model':<44} {'family':<11} {'kind':<9} {'top-1':>7}  {'loads':<6} verified")
+    print(f"{'model':<44} {'kind':<9} {'top-1':>7}  {'verified':<9} made as")
     for r in list_zoo():
-        verified = verdicts[r["verified"]] if r["loadable"] else "-"
         print(
-            f"{r['name']:<44} {r['family']:<11} {r['kind']:<9} {r['top1']:>6.2f}%  "
-            f"{'yes' if r['loadable'] else 'no':<6} {verified}"
+            f"{r['name']:<44} {r['kind']:<9} {r['top1']:>6.2f}%  {verdicts[r['verified']]:<9} "
+            f"{r['how']}"
         )
     print(
-        "top-1: published with the weights (ImageNet val). verified: same logits and dynamic "
-        "weights as the bcos package, random weights (docs/zoo.md, scripts/zoo.py)"
+        "top-1: published with the weights (ImageNet val). verified: same function (and dynamic "
+        "weights) as the bcos package's model, random weights (docs/zoo.md, scripts/zoo.py)"
     )
     return 0
 

@@ -13,9 +13,11 @@ bias, no ReLU, uncentered BatchNorm, max pooling as average pooling, the classif
 B-cos convolution before the global pooling, a logit bias of ``-log(C - 1)``, the input
 ``[x, 1 - x]`` with no normalisation). Such an entry is built by converting that torchvision
 architecture and loading the published weights under bcosify's key names (``conv1.linear.weight``
--> ``conv1.weight``); ``scripts/zoo.py`` checks it against the ``bcos`` package itself. The
-other families (VGG-BNU, ConvNeXt, the B-cos ViTs) differ from their torchvision counterparts
-(a convolutional classifier, no GELU, other norms) and are listed but not loadable yet.
+-> ``conv1.weight``). The other B-cos families (VGG-BNU, the ConvNeXts, the SimpleViTs and
+ViT-Cs) differ from any torchvision model (a convolutional classifier, no GELU, other norms, no
+counterpart at all); bcosify builds them from its own B-cos layers
+(:mod:`bcosify.sources._bcos_v2_arch`). The 8 standard ViTs are source models, which bcosify
+converts like any other. ``scripts/zoo.py`` checks every entry against the ``bcos`` package.
 """
 
 from __future__ import annotations
@@ -51,9 +53,12 @@ ZOO_PREFIX = "bcos-v2/"
 """Prefix of the published B-cos v2 models in :func:`bcosify.build_model`."""
 
 _RELEASE = "https://github.com/B-cos/B-cos-v2/releases/download/v0.0.1-weights"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _CONVERTIBLE = ("resnet", "densenet")
-"""Families whose B-cos v2 models are conversions of the torchvision model of the same name."""
+"""Families whose B-cos v2 models are conversions of the torchvision model of the same name;
+the others are built by bcosify directly (:mod:`bcosify.sources._bcos_v2_arch`)."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,8 @@ class ZooEntry:
         name: the bcosify name, ``"bcos-v2/<hub name>"``.
         family: ``"resnet"`` (ResNets and ResNeXt), ``"densenet"``, ``"vgg"``, ``"convnext"``,
             ``"simple_vit"`` or ``"vitc"``.
-        architecture: the torchvision architecture it converts (``None`` for families that are
-            not conversions of a torchvision model).
+        architecture: the torchvision architecture it converts (``None`` for the entries bcosify
+            builds itself and for the standard ViTs).
         file: the name of the published weight file (its name ends in the first 10 hex digits
             of its sha256, which torch.hub checks).
         top1: the ImageNet top-1 accuracy (%) published with it.
@@ -97,15 +102,23 @@ class ZooEntry:
         return match.group(1)
 
     @property
-    def loadable(self) -> bool:
-        """Whether bcosify can build this entry (see the module docstring)."""
-        return self.family in _CONVERTIBLE
+    def hub_name(self) -> str:
+        return self.name[len(ZOO_PREFIX) :]
+
+    @property
+    def converted(self) -> bool:
+        """A B-cos entry made by converting the torchvision model ``architecture``; the other
+        B-cos entries are built directly."""
+        return self.bcos and self.family in _CONVERTIBLE
 
     @property
     def preprocessing(self) -> Preprocessing:
+        """B-cos models take ``[0, 1]`` images (no normalisation); the standard ViTs take
+        ImageNet-normalised ones."""
+        mean, std = ((0.0,) * 3, (1.0,) * 3) if self.bcos else (_IMAGENET_MEAN, _IMAGENET_STD)
         return Preprocessing(
-            mean=(0.0, 0.0, 0.0),
-            std=(1.0, 1.0, 1.0),
+            mean=mean,
+            std=std,
             input_size=self.input_size,
             resize_size=self.resize_size,
             interpolation="bilinear",
@@ -244,18 +257,24 @@ def _published_file(entry: ZooEntry) -> Path:
 
 
 def to_bcosify_keys(state_dict: dict[str, torch.Tensor], target: nn.Module) -> dict[str, object]:
-    """Rename a B-cos v2 state dict to the keys of bcosify's conversion ``target``.
+    """Rename a B-cos v2 state dict to the keys of bcosify's model ``target``.
 
-    B-cos v2 units keep their weight in a ``linear`` submodule (``layer1.0.conv1.linear.weight``);
-    bcosify's units are convolutions themselves (``layer1.0.conv1.weight``). A tensor whose
-    shape differs from the target's only by size-1 dimensions (a classifier stored as a 1x1
-    convolution) is reshaped. The logit bias, a constant of the architecture in B-cos v2, is
-    taken from ``target``. A file already in bcosify's layout passes unchanged.
+    B-cos v2 units keep their weight in a ``linear`` submodule (``layer1.0.conv1.linear.weight``,
+    ``ff.net.linear1.linear.weight``); bcosify's units are convolutions or linear layers
+    themselves (``layer1.0.conv1.weight``). Its ViTs are wrapped with their logit layer
+    (``0.transformer...``). A tensor whose shape differs from the target's only by size-1
+    dimensions (a classifier stored as a 1x1 convolution) is reshaped. The logit bias, a
+    constant of the architecture in B-cos v2, is taken from ``target``. A file already in
+    bcosify's layout passes unchanged.
     """
     own = target.state_dict()
+    if all(k.startswith("0.") for k in state_dict) and not any(k.startswith("0.") for k in own):
+        state_dict = {k[2:]: v for k, v in state_dict.items()}
     out: dict[str, object] = {}
     for key, value in state_dict.items():
-        new = key.replace(".linear.weight", ".weight") if key.endswith(".linear.weight") else key
+        new = key
+        if key.endswith(".linear.weight") and key not in own:
+            new = key[: -len(".linear.weight")] + ".weight"
         want = own.get(new)
         if (
             want is not None
@@ -275,7 +294,7 @@ def _convert_architecture(entry: ZooEntry, num_classes: int) -> torch.fx.GraphMo
     import bcosify
     from bcosify.sources._builder import build_model
 
-    if entry.architecture is None:  # loadable entries all name one
+    if entry.architecture is None:  # converted entries all name one
         raise ModelSourceError(f"internal error: {entry.name} has no architecture")
     source = build_model(entry.architecture, weights="none", num_classes=num_classes)
     source.bcosify_preprocessing = entry.preprocessing
@@ -287,25 +306,64 @@ def _convert_architecture(entry: ZooEntry, num_classes: int) -> torch.fx.GraphMo
     return model
 
 
+def _build_native(entry: ZooEntry, num_classes: int) -> torch.fx.GraphModule:
+    """A B-cos entry that is not a torchvision conversion, built from bcosify's B-cos layers
+    and given a converted model's metadata (no node map: it has no source graph)."""
+    import bcosify
+    from bcosify import metadata
+    from bcosify.report import ConversionReport
+    from bcosify.sources._bcos_v2_arch import bcos_architecture, trace_native
+
+    gm = trace_native(bcos_architecture(entry.hub_name, num_classes))
+    config = bcosify.BcosConfig(normalize_weights=True)
+    pre = entry.preprocessing
+    report = ConversionReport(
+        model=type(gm).__name__, config=config.to_dict(), mean=pre.mean, std=pre.std
+    )
+    report.num_classes = num_classes
+    report.add("built", f"the B-cos v2 {entry.family} architecture, built by bcosify", "")
+    source = {"name": None, "num_classes": num_classes, "weights": "none", "zoo": entry.name}
+    source["architecture_sha256"] = metadata.architecture_fingerprint(gm)
+    metadata.attach(
+        gm,
+        bcosify_config=config,
+        bcosify_preprocessing=pre,
+        bcosify_num_classes=num_classes,
+        bcosify_source=source,
+        conversion_report=report,
+        transform=pre.transform(),
+    )
+    return gm
+
+
+def _build_standard(entry: ZooEntry, num_classes: int) -> nn.Module:
+    """A standard (non-B-cos) ViT of B-cos v2: a source model for :func:`bcosify.convert`."""
+    from bcosify.sources._bcos_v2_arch import VIT_CONFIGS, SimpleViT
+
+    model = SimpleViT(VIT_CONFIGS[entry.hub_name[len("standard_") :]], num_classes)
+    model.bcosify_preprocessing = entry.preprocessing
+    model.bcosify_source = {"name": entry.name, "num_classes": num_classes, "weights": "none"}
+    return model
+
+
 def build_zoo_model(
     name: str, weights: str | os.PathLike[str] | None, num_classes: int | None
 ) -> nn.Module:
-    """A published B-cos v2 model as a converted bcosify model (see :func:`build_model`)."""
+    """A published B-cos v2 model (see :func:`build_model`): a B-cos entry as a converted
+    bcosify model, a standard ViT as a source model."""
     from bcosify.sources._helpers import _parse_weights
 
     entry = zoo_entry(name)
-    if not entry.loadable:
-        what = "standard ViT" if not entry.bcos else f"B-cos {entry.family}"
-        raise ModelSourceError(
-            f"{entry.name} is published, but bcosify cannot build the {what} family of B-cos v2 "
-            "yet (only ResNets, ResNeXt and DenseNets: their architectures are conversions of "
-            "torchvision's). `bcosify models --zoo` lists what loads."
-        )
     mode, path = _parse_weights(weights)
     if mode == "packaged":
         raise ModelSourceError(f"weights='packaged' is not available for {entry.name!r}")
     n_classes = 1000 if num_classes is None else num_classes
-    model = _convert_architecture(entry, n_classes)
+    if not entry.bcos:
+        model = _build_standard(entry, n_classes)
+    elif entry.converted:
+        model = _convert_architecture(entry, n_classes)
+    else:
+        model = _build_native(entry, n_classes)
     if mode == "none":
         return model.eval()
     file = _file(path) if mode == "file" else _published_file(entry)
@@ -314,7 +372,9 @@ def build_zoo_model(
         _load_except_head(model, state_dict, entry.name, 1000, n_classes)
     else:
         _load_strict(model, state_dict, source=str(file), name=entry.name)
-    model.bcosify_source = {**model.bcosify_source, "zoo_weights": mode}
+    # a standard ViT is a source: its weights are its own; a B-cos entry's are the zoo's
+    key = "zoo_weights" if entry.bcos else "weights"
+    model.bcosify_source = {**model.bcosify_source, key: mode}
     return model.eval()
 
 
@@ -331,9 +391,9 @@ def _verification() -> dict[str, dict[str, object]]:
 
 def list_zoo() -> list[dict[str, object]]:
     """One row per published B-cos v2 model: name, family, kind (``"B-cos"`` or
-    ``"standard"``), published top-1 (%), whether bcosify builds it, the torchvision architecture
-    it converts, and ``verified``: True/False when ``scripts/zoo.py`` compared it with the
-    ``bcos`` package (same logits and dynamic weights to 1e-5), None when not compared.
+    ``"standard"``), published top-1 (%), how bcosify makes it (``"converted from torchvision
+    NAME"``, ``"built by bcosify"`` or ``"source model"``), and ``verified``: True/False when
+    ``scripts/zoo.py`` compared it with the ``bcos`` package, None when not compared.
 
     Example:
         >>> rows = list_zoo()
@@ -347,12 +407,21 @@ def list_zoo() -> list[dict[str, object]]:
             "family": e.family,
             "kind": "B-cos" if e.bcos else "standard",
             "top1": e.top1,
-            "loadable": e.loadable,
-            "architecture": e.architecture,
+            "how": _how(e),
             "verified": checked[e.name].get("passed") if e.name in checked else None,
         }
         for e in ENTRIES.values()
     ]
+
+
+def _how(entry: ZooEntry) -> str:
+    if not entry.bcos:
+        return "source model"
+    return (
+        f"converted from torchvision {entry.architecture}"
+        if entry.converted
+        else "built by bcosify"
+    )
 
 
 __all__ = [
