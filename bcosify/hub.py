@@ -47,7 +47,9 @@ _TORCHVISION_LICENSE = {
     "license_name": "torchvision-pretrained-weights",
     "license_link": "https://github.com/pytorch/vision#pre-trained-model-license",
 }
-_BCOS_V2_LICENSE = {"license": "apache-2.0"}  # github.com/B-cos/B-cos-v2 (LICENSE)
+# the published B-cos models' releases: github.com/B-cos/B-cos-v2 and
+# github.com/shrebox/B-cosification, both Apache-2.0 (their LICENSE files)
+_RELEASE_LICENSE = {"license": "apache-2.0"}
 
 
 def _repo_id(ref: str) -> str:
@@ -80,7 +82,7 @@ def _source_license(source: Mapping[str, Any]) -> dict[str, str]:
     """The licence of the source weights, as model-card metadata (empty when unknown)."""
     name, weights = source.get("name"), source.get("weights")
     if source.get("zoo"):
-        return dict(_BCOS_V2_LICENSE)
+        return dict(_RELEASE_LICENSE)
     if weights in (None, "none", "file") or not isinstance(name, str):
         return {}  # random weights or a file of unknown origin
     if name.startswith("timm/"):
@@ -124,10 +126,10 @@ def model_card(
 
     Its metadata gives ``library_name: bcosify``, the tags, the licence of the source weights
     (torchvision's pretrained-weights terms, timm's ``pretrained_cfg`` licence, Apache-2.0 for
-    the B-cos v2 zoo; left out when unknown), and ``base_model`` with ``base_model_relation:
-    finetune`` when the weights come from a Hub repository. The text gives the source model,
-    the conversion options, the preprocessing, the classes, ``metrics`` when given and how to
-    load the model.
+    the published B-cos models; left out when unknown), and ``base_model`` with
+    ``base_model_relation: finetune`` when the weights come from a Hub repository. The text
+    gives the source model, the conversion options, the preprocessing, the classes,
+    ``metrics`` when given and how to load the model.
 
     Returns:
         A ``huggingface_hub.ModelCard``.
@@ -168,7 +170,7 @@ def model_card(
         "plus the reported constants sum to the logit).",
         "",
         f"- **Source model:** `{name}`, "
-        + ("the published B-cos v2 model, with " if source.get("zoo") else "converted from ")
+        + ("the published B-cos model, with " if source.get("zoo") else "converted from ")
         + weights
         + (f" (`{base}`)" if base else "")
         + ".",

@@ -254,6 +254,18 @@ MUTATIONS: list[Mutation] = [
         "tests/test_zoo.py",
     ),
     _m(
+        "zoo: a B-cosification first layer is folded from its first half only",
+        "bcosify/sources/_zoo.py",
+        ("    d = w[:, :3] - w[:, 3:]\n", "    d = w[:, :3] * 2\n"),
+        "tests/test_zoo.py::test_same_function_as_the_published_code",
+    ),
+    _m(
+        "zoo: the B-cos ConvNeXt block drops its layer scale",
+        "bcosify/sources/_bcos_v2_arch.py",
+        ("return self.layer_scale * self.block(x) + x\n", "return self.block(x) + x\n"),
+        "tests/test_zoo.py::test_same_function_as_the_published_code",
+    ),
+    _m(
         "hub: a repository that is not a bcosify model is loaded as one",
         "bcosify/hub.py",
         ("    _check_bcosify_repo(repo_id, folder)\n    return folder\n", "    return folder\n"),

@@ -1,4 +1,4 @@
-"""Check bcosify's B-cos v2 zoo against the ``bcos`` package, and write docs/zoo.md.
+"""Check bcosify's published B-cos models against the published code, and write docs/zoo.md.
 
 For every ``bcos-v2/`` entry: build ``bcos``'s own model of that name with random weights (its
 norms' scales drawn at random, its BatchNorms given the statistics of a random batch, so that
@@ -12,7 +12,9 @@ entry:
 
 It passes when both are within 1e-5 (relative to the largest value) and the logit biases agree
 to float32 rounding (1e-6). For a standard ViT (a source model): the logits, within 1e-5, and
-bcosify's conversion of it, whose explanations must be complete (pixel part, 1e-6).
+bcosify's conversion of it, whose explanations must be complete (pixel part, 1e-6). For a
+B-cosification entry: the logits' pixel parts, within 1e-5, against its published procedure
+rebuilt from ``bcos``'s units (:func:`bcosification_reference`).
 
     python scripts/zoo.py                      # every entry; writes the two files below
     python scripts/zoo.py --only resnet18 densenet121 --no-write
@@ -33,6 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
 ONE_PER_FAMILY = (
+    "bcosification/resnet18",
+    "bcosification/densenet121",
     "bcos-v2/resnet18",
     "bcos-v2/densenet121",
     "bcos-v2/vgg11_bnu",
@@ -47,16 +51,20 @@ ONE_PER_FAMILY = (
 
 
 def reference(name: str, seed: int = 0) -> torch.nn.Module:
-    """``bcos``'s model ``name`` with random weights: every norm's scale drawn from U(0.5, 1.5)
-    (and its shift, where it has one, from U(-0.5, 0.5)), BatchNorm statistics from a random
-    batch, so that the logits depend on the input."""
+    """``bcos``'s model ``name`` with random weights (a B-cosification entry: the published
+    procedure applied to torchvision's model, :func:`bcosification_reference`): every norm's
+    scale drawn from U(0.5, 1.5) (and its shift, where it has one, from U(-0.5, 0.5)), BatchNorm
+    statistics from a random batch, so that the logits depend on the input."""
     from bcos.models import pretrained
 
     from bcosify.sources import zoo_entry
 
     entry = zoo_entry(name)
     torch.manual_seed(seed)
-    model = getattr(pretrained, entry.hub_name)(pretrained=False)
+    if entry.release == "bcosification":
+        model = bcosification_reference(entry)
+    else:
+        model = getattr(pretrained, entry.hub_name)(pretrained=False)
     norms = (torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
     g = torch.Generator().manual_seed(seed + 1)
     batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -74,6 +82,92 @@ def reference(name: str, seed: int = 0) -> torch.nn.Module:
     for m in batch_norms:
         m.momentum = 0.1
     return model.eval()
+
+
+class _Published(torch.nn.Module):
+    """A B-cosified torchvision ResNet or DenseNet as B-cosification's public code lays it out:
+    ``model.`` (its wrapper) around ``model.`` (the network), the 6-channel input normalised by
+    ``([x, 1 - x] - [m, 1 - m]) / [s, s]`` inside, the classifier before the pooling, ReLU kept,
+    a logit bias of ``-log(C - 1)``. Written here from that layout, with ``bcos``'s units."""
+
+    def __init__(self, net: torch.nn.Module, mean, std):
+        super().__init__()
+        self.model = net
+        m = torch.tensor(mean)
+        s = torch.tensor(std)
+        self.register_buffer("shift", torch.cat([m, 1 - m]).reshape(1, 6, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.cat([s, s]).reshape(1, 6, 1, 1), persistent=False)
+
+    def forward(self, x6: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        net = self.model
+        x = (x6 - self.shift) / self.scale
+        if hasattr(net, "layer1"):  # ResNet
+            x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+            x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+            x = net.fc(x)
+        else:  # DenseNet
+            x = net.classifier(F.relu(net.features(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return x - math.log(x.shape[1] - 1)
+
+
+def _published_unit(layer: torch.nn.Module) -> torch.nn.Module:
+    """A conv (or the classifier, as a 1x1 conv) as B-cosification's unit: ``bcos``'s
+    ``BcosConv2d`` (B=2) holding a plain, bias-free convolution with the raw weight."""
+    from bcos.modules import BcosConv2d
+
+    if isinstance(layer, torch.nn.Linear):
+        cin, cout, weight = layer.in_features, layer.out_features, layer.weight[..., None, None]
+        args: tuple = (1, 1, 0, 1, 1)
+    else:
+        cin, cout, weight = layer.in_channels, layer.out_channels, layer.weight
+        # bcos's unit takes square sizes as ints
+        sizes = (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+        args = (*(v[0] for v in sizes), layer.groups)
+    unit = BcosConv2d(cin, cout, *args, b=2)
+    unit.linear = torch.nn.Conv2d(cin, cout, *args, bias=False)
+    with torch.no_grad():
+        unit.linear.weight.copy_(weight)
+    return unit
+
+
+def bcosification_reference(entry) -> torch.nn.Module:
+    """B-cosification's model of ``entry`` with random weights, made by its published procedure
+    (first conv ``cat(W, -W) / 2`` on 6 channels, then trained apart: perturbed here; every
+    conv and the classifier B-cos units with raw weights; BatchNorm uncentered without bias;
+    max pooling as ``AvgPool2d(3, 2, 1)``; ReLU kept), wrapped as its checkpoints are."""
+    import torchvision
+    from bcos.modules.norms import BatchNormUncentered2d
+
+    net = torchvision.models.get_model(entry.architecture, weights=None)
+
+    def swap(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)):
+                setattr(module, name, _published_unit(child))
+            elif isinstance(child, torch.nn.BatchNorm2d):
+                norm = BatchNormUncentered2d(child.num_features)
+                norm.bias = None
+                setattr(module, name, norm)
+            elif isinstance(child, torch.nn.MaxPool2d):
+                setattr(module, name, torch.nn.AvgPool2d(3, 2, 1))
+            else:
+                swap(child)
+
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    w = first.weight.detach()
+    first.in_channels = 6
+    first.weight = torch.nn.Parameter(
+        torch.cat([w, -w], 1) / 2 + 0.01 * torch.randn_like(w.repeat(1, 2, 1, 1))
+    )
+    swap(net)
+    pre = entry.preprocessing
+    wrapper = torch.nn.Module()
+    wrapper.model = _Published(net, pre.mean, pre.std)
+    wrapper.forward = wrapper.model.forward
+    return wrapper
 
 
 def _inputs(entry, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +203,8 @@ def verify(name: str, seed: int = 0) -> dict[str, object]:
     model.double()
     g = torch.Generator().manual_seed(seed + 2)
     x = torch.rand(2, 3, 224, 224, generator=g, dtype=torch.float64)
-    result: dict[str, object] = {"name": name, "build_s": round(build_s, 2)}
+    check = "standard" if not entry.bcos else entry.release
+    result: dict[str, object] = {"name": name, "check": check, "build_s": round(build_s, 2)}
     with torch.no_grad():
         theirs = ref(_inputs(entry, x))
         ours = model(x if entry.bcos else entry.preprocessing.normalize(x))
@@ -130,6 +225,19 @@ def verify(name: str, seed: int = 0) -> dict[str, object]:
     logits_err = _relative(ours - ours_bias, theirs - bias, theirs - bias)
     bias_err = abs(ours_bias - bias) / abs(bias)
 
+    if entry.release == "bcosification":
+        # its dynamic weights are taken w.r.t. the normalised encoding (with the mean shift as
+        # a hidden constant), bcosify's w.r.t. [x, 1 - x] bias-free: equal maps on images, but
+        # different 6-channel tensors. The logits are compared, and bcosify's completeness.
+        e = bcosify.explain(model, x)
+        result.update(
+            logits_rel_error=logits_err,
+            dynamic_weights_rel_error=None,
+            pixel_completeness_error=float(e.pixel_completeness_error.max()),
+            logit_bias_rel_error=bias_err,
+            passed=logits_err <= TOLERANCE and bias_err <= 1e-6,
+        )
+        return result
     x1 = _inputs(entry, x[:1]).requires_grad_(True)
     out = ref.explain(x1)
     target = int(out["explained_class_idx"])
@@ -147,38 +255,56 @@ def verify(name: str, seed: int = 0) -> dict[str, object]:
 
 
 def _errors(res: dict[str, object]) -> str:
-    if res["dynamic_weights_rel_error"] is None:  # a standard ViT
-        return (
-            f"logits {res['logits_rel_error']:.1e}  converted: completeness "
-            f"{res['pixel_completeness_error']:.1e}"
-        )
-    return f"logits {res['logits_rel_error']:.1e}  weights {res['dynamic_weights_rel_error']:.1e}"
+    done = f"logits {res['logits_rel_error']:.1e}"
+    if res["check"] == "standard":
+        return done + f"  converted: completeness {res['pixel_completeness_error']:.1e}"
+    if res["check"] == "bcosification":
+        return done + f"  completeness {res['pixel_completeness_error']:.1e}"
+    return done + f"  weights {res['dynamic_weights_rel_error']:.1e}"
+
+
+def _top1(row: dict[str, object]) -> str:
+    return "–" if row["top1"] is None else f"{row['top1']:.2f} %"
 
 
 def markdown(rows: list[dict[str, object]], results: dict[str, dict[str, object]], cmd: str) -> str:
     lines = [
-        "# The B-cos v2 zoo in bcosify",
+        "# Published B-cos models in bcosify",
         "",
         "Generated by `" + cmd + "`; do not edit by hand.",
         "",
-        "The published B-cos v2 ImageNet models (Böhle et al., TPAMI 2024;",
-        "https://github.com/B-cos/B-cos-v2) under their torch.hub names with the prefix",
-        "`bcos-v2/`, and the top-1 accuracy published with each. `bcosify.build_model(name)`",
-        "returns a B-cos entry as a B-cos model with its published weights (downloaded into the",
-        "torch.hub cache, sha256 checked; `weights=PATH` for a local copy), and a standard ViT as",
-        "a source model for `bcosify.convert`. *Made as*: the ResNets, ResNeXt and DenseNets are",
-        "bcosify's conversions of the torchvision model of the same name; VGG-11-BNU, the",
-        "ConvNeXts and the ViTs differ from any torchvision model and bcosify builds them from",
-        "its own B-cos layers.",
+        "- `bcos-v2/NAME`: the B-cos v2 ImageNet models (Böhle et al., TPAMI 2024;",
+        "  https://github.com/B-cos/B-cos-v2) under their torch.hub names, with the top-1",
+        "  accuracy published with each. `bcosify.build_model(name)` returns a B-cos entry as a",
+        "  B-cos model with its published weights (downloaded into the torch.hub cache, sha256",
+        "  checked; `weights=PATH` for a local copy), and a standard ViT as a source model for",
+        "  `bcosify.convert`. The ResNets, ResNeXt and DenseNets are bcosify's conversions of",
+        "  the torchvision models of the same name; VGG-11-BNU, the ConvNeXts and the ViTs",
+        "  differ from any torchvision model, and bcosify builds them from its own B-cos layers.",
+        "- `bcosification/NAME`: the B-cosified CNNs of B-cosification (Arya et al., NeurIPS",
+        "  2024; https://github.com/shrebox/B-cosification): torchvision's ResNet-18/50 and",
+        "  DenseNet-121 converted as there (raw weights, ReLU kept, the first layer's patch norm",
+        "  on the normalised input). Their release lists no file names or hashes to check, so",
+        "  their checkpoints load from a local file (`weights=PATH`; a Lightning checkpoint's",
+        "  `state_dict` and its `model.` prefixes are unwrapped, the 6-channel first layer is",
+        "  folded onto bcosify's bias-free input encoding).",
         "",
         "**Verified** means: with random weights (norm scales drawn at random, BatchNorm",
         "statistics from a random batch), in float64,",
         "",
-        "- a B-cos entry computes the same logits as the `bcos` package's model of that name (the",
-        "  pixel part, the logit minus the logit bias, and the logit bias to float32 rounding),",
-        f"  and the same dynamic weights as `bcos`'s own `explain()`, to {TOLERANCE:g} relative;",
+        "- a B-cos v2 entry computes the same logits as the `bcos` package's model of that name",
+        "  (the pixel part, the logit minus the logit bias, and the logit bias to float32",
+        "  rounding), and the same dynamic weights as `bcos`'s own `explain()`, to "
+        f"{TOLERANCE:g} relative;",
         f"- a standard ViT computes the same logits as `bcos`'s, to {TOLERANCE:g}, and bcosify's",
-        "  conversion of it explains completely (pixel part, 1e-6).",
+        "  conversion of it explains completely (pixel part, 1e-6);",
+        "- a B-cosification entry computes the same logits (pixel part) as its published",
+        "  procedure applied with `bcos`'s units to torchvision's model and laid out as its",
+        "  checkpoints are (`scripts/zoo.py`, `bcosification_reference`: written from the",
+        f"  repository's public code, which cannot be installed here), to {TOLERANCE:g}; its",
+        "  residual (~1e-6) is the float32 rounding of the first layer's normalisation",
+        "  constants. Its dynamic weights are not compared: the published ones are taken with",
+        "  respect to the normalised input, bcosify's with respect to `[x, 1 - x]`.",
         "",
         "Errors are the largest absolute difference over the largest value.",
         "",
@@ -191,18 +317,22 @@ def markdown(rows: list[dict[str, object]], results: dict[str, dict[str, object]
             errs, verdict = "– | –", "not run"
         else:
             w = res["dynamic_weights_rel_error"]
-            weights = "– (converted: complete to " + f"{res['pixel_completeness_error']:.0e})"
-            errs = f"{res['logits_rel_error']:.1e} | " + (weights if w is None else f"{w:.1e}")
+            if res["check"] == "standard":
+                weights = f"– (converted: complete to {res['pixel_completeness_error']:.0e})"
+            else:
+                weights = "–" if w is None else f"{w:.1e}"
+            errs = f"{res['logits_rel_error']:.1e} | {weights}"
             verdict = "yes" if res["passed"] else "**no**"
         lines.append(
-            f"| `{row['name']}` | {row['kind']} | {row['top1']:.2f} % | {row['how']} "
+            f"| `{row['name']}` | {row['kind']} | {_top1(row)} | {row['how']} "
             f"| {errs} | {verdict} |"
         )
     n_ok = sum(1 for r in results.values() if r["passed"])
     lines += [
         "",
         f"{n_ok} of {len(rows)} entries verified "
-        f"({sum(1 for r in rows if r['kind'] == 'B-cos')} B-cos, "
+        f"({sum(1 for r in rows if r['kind'] == 'B-cos')} B-cos, of which "
+        f"{sum(1 for r in rows if str(r['name']).startswith('bcosification/'))} B-cosified; "
         f"{sum(1 for r in rows if r['kind'] == 'standard')} standard ViTs).",
         "",
     ]

@@ -42,10 +42,11 @@ def published_r18(tmp_path_factory, script):
 
 
 @pytest.mark.parametrize("name", _script().ONE_PER_FAMILY)
-def test_same_function_as_bcos(script, name):
-    """One entry per family: a B-cos entry has the logits (pixel part) and the dynamic weights
-    of bcos's explain(), a standard ViT the logits of bcos's, to 1e-5 in float64, random
-    weights with calibrated statistics; bcosify converts a standard ViT completely."""
+def test_same_function_as_the_published_code(script, name):
+    """One entry per family: a B-cos v2 entry has the logits (pixel part) and the dynamic
+    weights of bcos's explain(), a standard ViT the logits of bcos's, a B-cosification entry
+    the logits of its published procedure, to 1e-5 in float64, random weights with calibrated
+    statistics; bcosify converts a standard ViT completely."""
     result = script.verify(name)
     assert result["logits_rel_error"] < 1e-5, result
     assert result["pixel_completeness_error"] < 1e-6, result
@@ -128,8 +129,20 @@ def test_a_built_bcos_model_round_trips_and_explains(tmp_path):
     e = bcosify.explain(model.double(), x.double())
     assert e.pixel_completeness_error.max() < 1e-8
     assert "position_embedding" in e.constant_contributions
-    with pytest.raises(bcosify.BcosifyError, match="takes 224x224 images only"):
-        model(torch.rand(1, 3, 112, 112).double())
+
+
+def test_a_bcos_vit_takes_other_sizes_as_bcos_does(script, tmp_path):
+    """The position embedding is computed for the grid of the input, as in bcos: at 112 px
+    (a 7 x 7 grid) the model still equals bcos's and explains completely."""
+    ref = script.reference("bcos-v2/vitc_ti_patch1_14")
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    model = bcosify.build_model("bcos-v2/vitc_ti_patch1_14", weights=tmp_path / "w.pth").double()
+    x = torch.rand(2, 3, 112, 112, dtype=torch.float64)
+    with torch.no_grad():
+        want = ref.double()(torch.cat([x, 1 - x], 1)) + math.log(999)
+        got = model(x) - float(model.bcosify_logit_layer.logit_bias)
+    assert ((got - want).abs().max() / want.abs().max()) < 1e-10
+    assert bcosify.explain(model, x).pixel_completeness_error.max() < 1e-8
 
 
 def test_a_standard_vit_is_a_source_model():
@@ -143,15 +156,18 @@ def test_a_standard_vit_is_a_source_model():
 
 def test_the_table():
     rows = list_zoo()
-    assert len(rows) == 34
-    assert sum(r["kind"] == "B-cos" for r in rows) == 26
+    assert len(rows) == 38
+    assert sum(r["kind"] == "B-cos" for r in rows) == 30
     hows = {r["name"]: r["how"] for r in rows}
     assert hows["bcos-v2/resnet50_long"] == "converted from torchvision resnet50"
     assert hows["bcos-v2/convnext_base_bnu"] == "built by bcosify"
     assert hows["bcos-v2/standard_vitc_b_patch1_14"] == "source model"
     for entry in _zoo.ENTRIES.values():
-        assert len(entry.hash_prefix) == 10
-        assert entry.url.endswith("/" + entry.file)
+        if entry.release == "bcos-v2":
+            assert len(entry.hash_prefix) == 10
+            assert entry.url.endswith("/" + entry.file)
+        else:  # no published file names: local files only
+            assert entry.url is None and entry.top1 is None
 
 
 # ---------------------------------------------------------------- published weights (DEFAULT)
@@ -228,6 +244,7 @@ def test_cli_lists_the_zoo(capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("bcos-v2/")]
     assert len(lines) == 34
+    assert sum(line.startswith("bcosification/") for line in out.splitlines()) == 4
     assert any(line.startswith("bcos-v2/resnet50 ") and "75.88%" in line for line in lines)
     vgg = next(line for line in lines if line.startswith("bcos-v2/vgg11_bnu"))
     assert "built by bcosify" in vgg
@@ -240,6 +257,11 @@ def test_cli_converts_a_zoo_model(published_r18, tmp_path, capsys):
     assert bcosify.load(out).bcosify_source["zoo"] == "bcos-v2/resnet18"
     assert main(["convert", "bcos-v2/resnet18", "--b", "1", "--out", str(tmp_path / "x")]) == 2
     assert "do not apply" in capsys.readouterr().err
+    # a standard ViT is a source: converted with the options given
+    vit = tmp_path / "vit"
+    name = "bcos-v2/standard_simple_vit_ti_patch16_224"
+    assert main(["convert", name, "--weights", "none", "--b", "1.5", "--out", str(vit)]) == 0
+    assert bcosify.load(vit).bcosify_config.b == 1.5
 
 
 def test_evaluate_takes_a_zoo_model_as_converted_and_wants_an_explicit_original(tmp_path, capsys):
@@ -264,6 +286,33 @@ def test_the_card_of_a_zoo_model(published_r18, tmp_path):
     model = bcosify.build_model("bcos-v2/resnet18", weights=path)
     folder = hub.write_hub_folder(model, tmp_path / "up", "org/r18")
     text = (folder / "README.md").read_text()
-    assert "`bcos-v2/resnet18`, the published B-cos v2 model, with a local copy of its" in text
+    assert "`bcos-v2/resnet18`, the published B-cos model, with a local copy of its" in text
     assert "license: apache-2.0" in text
     assert "1000 classes in the ImageNet-1k order: tench" in text
+
+
+# ---------------------------------------------------------------- B-cosification checkpoints
+def test_a_lightning_checkpoint_of_bcosification_loads(script, tmp_path):
+    """Its checkpoints are Lightning files: the state dict under "state_dict", keys under the
+    module's and the wrapper's "model." prefixes, the trained 6-channel first layer."""
+    ref = script.reference("bcosification/resnet18")
+    keys = list(ref.state_dict())
+    assert keys[0] == "model.model.conv1.linear.weight"
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": ref.state_dict(), "epoch": 3, "global_step": 30}, path)
+    model = bcosify.build_model("bcosification/resnet18", weights=path)
+    assert model.bcosify_config.first_layer_norm == "normalized"
+    assert model.bcosify_config.activation == "keep"
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        want = ref(torch.cat([x, 1 - x], 1)) + math.log(999)
+        got = model(x) + math.log(999)
+    assert ((got - want).abs().max() / want.abs().max()) < 1e-4
+    e = bcosify.explain(model.double(), x.double())
+    assert e.pixel_completeness_error.max() < 1e-8
+
+
+def test_bcosification_has_no_published_file_to_download(hub):
+    with pytest.raises(ModelSourceError, match="weights='path/to/file'") as info:
+        bcosify.build_model("bcosification/resnet50")
+    assert "shrebox/B-cosification" in str(info.value)

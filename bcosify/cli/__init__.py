@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--zoo",
         action="store_true",
-        help="list the published B-cos v2 models (bcos-v2/<name>) with their published top-1",
+        help="list the published B-cos models (bcos-v2/<name>, bcosification/<name>) with their "
+        "published top-1",
     )
 
     p = add("finetune", "fine-tune a B-cos model with a recipe (one device or many)")
@@ -160,13 +161,13 @@ def _config(args):
 def _build_and_convert(args):
     from tqdm import tqdm
 
+    from bcosify.config import BcosConfig
     from bcosify.convert import convert
-    from bcosify.sources import ZOO_PREFIX, build_model
+    from bcosify.sources import ZOO_PREFIX, build_model, zoo_entry
 
     config = _config(args)
-    if args.model.startswith(ZOO_PREFIX):
-        from bcosify.config import BcosConfig
-
+    if args.model.startswith(ZOO_PREFIX) and zoo_entry(args.model).bcos:
+        # a published B-cos model: built converted (a standard ViT is a source, converted below)
         if config != BcosConfig() or args.input_size is not None:
             raise BcosifyError(
                 f"{args.model} is a published B-cos model, built already converted: the "
@@ -320,13 +321,12 @@ def _print_zoo() -> int:
     verdicts = {True: "yes", False: "FAILED", None: "not run"}
     print(f"{'model':<44} {'kind':<9} {'top-1':>7}  {'verified':<9} made as")
     for r in list_zoo():
-        print(
-            f"{r['name']:<44} {r['kind']:<9} {r['top1']:>6.2f}%  {verdicts[r['verified']]:<9} "
-            f"{r['how']}"
-        )
+        top1 = "–" if r["top1"] is None else f"{r['top1']:.2f}%"
+        print(f"{r['name']:<44} {r['kind']:<9} {top1:>7}  {verdicts[r['verified']]:<9} {r['how']}")
     print(
-        "top-1: published with the weights (ImageNet val). verified: same function (and dynamic "
-        "weights) as the bcos package's model, random weights (docs/zoo.md, scripts/zoo.py)"
+        "top-1: published with the weights (ImageNet val; – not published with them). verified: "
+        "same function as the published code's model on random weights (docs/zoo.md, "
+        "scripts/zoo.py)"
     )
     return 0
 

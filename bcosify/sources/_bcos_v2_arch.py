@@ -25,6 +25,7 @@ from torch import Tensor, fx, nn
 from torch.nn import functional as F
 
 from bcosify import nn as bnn
+from bcosify.nn.mode import add_constant
 
 # ---------------------------------------------------------------------------- building blocks
 
@@ -66,8 +67,8 @@ class _BcosEnds:
     """The ends every B-cos model of bcosify has: the input encoding ``[x, 1 - x]`` (as
     ``bcosify_input_encoding``) and the logit bias ``-log(C - 1)`` (``bcosify_logit_layer``)."""
 
-    def _add_ends(self, num_classes: int, size: int | None = None) -> None:
-        self.bcosify_input_encoding = bnn.InputEncoding(3, None if size is None else (size, size))
+    def _add_ends(self, num_classes: int) -> None:
+        self.bcosify_input_encoding = bnn.InputEncoding(3)
         bias = -math.log(num_classes - 1) if num_classes > 2 else 0.0
         self.bcosify_logit_layer = bnn.LogitLayer(bias)
 
@@ -155,6 +156,35 @@ def sincos_position_embedding(h: int, w: int, dim: int, temperature: float = 10_
     return torch.cat((x.sin(), x.cos(), y.sin(), y.cos()), dim=1)
 
 
+class SinCosPosition(nn.Module):
+    """Flattens the N x h x w x D patch grid to tokens and adds the sine-cosine embedding of
+    that grid (computed for the grid it is given, so any image size divisible by the patch
+    size works), reported as the constant ``position_embedding`` of explanations."""
+
+    constant_label = "position_embedding"
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        pe = sincos_position_embedding(x.shape[1], x.shape[2], self.dim).to(x)
+        return add_constant(self, "", x.flatten(1, 2), pe)
+
+
+class _FixedPosition(nn.Module):
+    """The standard ViT's position embedding, for the grid of its image size (a buffer that
+    bcosify's conversion reports as a constant)."""
+
+    def __init__(self, grid: int, dim: int):
+        super().__init__()
+        embedding = sincos_position_embedding(grid, grid, dim)
+        self.register_buffer("embedding", embedding, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1, 2) + self.embedding
+
+
 def _patches(x: Tensor, p: int) -> Tensor:
     """N x C x H x W -> N x H/p x W/p x (p p C), the patch pixels in row-major order."""
     x = x.unflatten(2, (-1, p)).unflatten(4, (-1, p))  # N C h p w p
@@ -176,11 +206,6 @@ class ViTConfig:
     mlp_dim: int
     conv_stem: tuple[int, ...] = ()
     image_size: int = 224
-
-    @property
-    def grid(self) -> int:
-        stride = 2 ** sum(1 for a, b in zip((0, *self.conv_stem), self.conv_stem) if b > a)
-        return self.image_size // stride // self.patch
 
 
 VIT_CONFIGS = {
@@ -216,6 +241,8 @@ class _PatchEmbedding(nn.Module):
             channels = cfg.conv_stem[-1]
         self.patch = cfg.patch
         self.linear = linear(channels * cfg.patch**2, cfg.dim)
+        strides = [m.stride[0] for m in self.modules() if isinstance(m, nn.Conv2d)]
+        self.grid = cfg.image_size // (cfg.patch * math.prod(strides))
 
     def forward(self, x: Tensor) -> Tensor:
         if hasattr(self, "conv_stem"):
@@ -267,14 +294,13 @@ class _ViT(nn.Module):
     """The plain ViT of Beyer et al.: patch embedding, fixed sine-cosine position embedding,
     pre-norm encoder blocks, mean over tokens, norm, linear classifier."""
 
-    def __init__(self, cfg: ViTConfig, num_classes: int, channels, linear, out_linear, conv,
-                 norm, norm2d, act, attend):  # fmt: skip
+    def __init__(
+        self, cfg: ViTConfig, num_classes: int, *, channels, linear, out_linear, conv, norm,
+        norm2d, act, attend, position
+    ):  # fmt: skip
         super().__init__()
         self.to_patch_embedding = _PatchEmbedding(cfg, channels, linear, conv, norm2d, act)
-        g = cfg.grid
-        self.register_buffer(
-            "position_embedding", sincos_position_embedding(g, g, cfg.dim), persistent=False
-        )
+        self.position = position(self.to_patch_embedding.grid, cfg.dim)
         self.transformer = nn.Sequential()
         for i in range(cfg.depth):
             attn = _Attention(cfg.dim, cfg.heads, norm, out_linear, attend())
@@ -284,12 +310,8 @@ class _ViT(nn.Module):
         self.linear_head.add_module("norm", norm(cfg.dim))
         self.linear_head.add_module("linear", linear(cfg.dim, num_classes))
 
-    def _add_position(self, x: Tensor) -> Tensor:
-        return x + self.position_embedding
-
     def _logits(self, x: Tensor) -> Tensor:
-        x = self.to_patch_embedding(x).flatten(1, 2)
-        x = self.transformer(self._add_position(x))
+        x = self.transformer(self.position(self.to_patch_embedding(x)))
         return self.linear_head(x.mean(dim=1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -303,16 +325,19 @@ class BcosSimpleViT(_BcosEnds, _ViT):
 
     def __init__(self, cfg: ViTConfig, num_classes: int = 1000):
         super().__init__(
-            cfg, num_classes, 6, _linear, _linear,
-            lambda cin, cout, k, s, p: _conv(cin, cout, k, s, p),
-            _layer_norm, _group_layer_norm, nn.Identity, bnn.ScaledDotProductAttention,
-        )  # fmt: skip
-        self.position = bnn.AddConstant("position_embedding")
-        # the position embedding is computed for one grid: the model takes that size only
-        self._add_ends(num_classes, cfg.image_size)
-
-    def _add_position(self, x: Tensor) -> Tensor:
-        return self.position(x, self.position_embedding)
+            cfg,
+            num_classes,
+            channels=6,
+            linear=_linear,
+            out_linear=_linear,
+            conv=_conv,
+            norm=_layer_norm,
+            norm2d=_group_layer_norm,
+            act=nn.Identity,
+            attend=bnn.ScaledDotProductAttention,
+            position=lambda grid, dim: SinCosPosition(dim),
+        )
+        self._add_ends(num_classes)
 
 
 class _SDPA(nn.Module):
@@ -327,10 +352,18 @@ class SimpleViT(_ViT):
 
     def __init__(self, cfg: ViTConfig, num_classes: int = 1000):
         super().__init__(
-            cfg, num_classes, 3, nn.Linear, lambda i, o: nn.Linear(i, o, bias=False),
-            lambda cin, cout, k, s, p: nn.Conv2d(cin, cout, k, s, p),
-            nn.LayerNorm, lambda c: nn.GroupNorm(1, c), nn.GELU, _SDPA,
-        )  # fmt: skip
+            cfg,
+            num_classes,
+            channels=3,
+            linear=nn.Linear,
+            out_linear=lambda i, o: nn.Linear(i, o, bias=False),
+            conv=nn.Conv2d,
+            norm=nn.LayerNorm,
+            norm2d=lambda c: nn.GroupNorm(1, c),
+            act=nn.GELU,
+            attend=_SDPA,
+            position=_FixedPosition,
+        )
 
 
 # ---------------------------------------------------------------------------- building
@@ -357,10 +390,11 @@ def bcos_architecture(hub_name: str, num_classes: int) -> nn.Module:
 
 
 class _NativeTracer(fx.Tracer):
-    """Leaves: torch's own layers and bcosify's B-cos units, norms and attention."""
+    """Leaves: torch's own layers, bcosify's B-cos units, norms and attention, and the position
+    embedding (computed from the size of its input)."""
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        if type(m).__module__.startswith("bcosify.nn"):
+        if type(m).__module__.startswith("bcosify.nn") or isinstance(m, SinCosPosition):
             return True
         return super().is_leaf_module(m, qualified_name)
 

@@ -12,7 +12,7 @@ from bcosify.sources._lite0 import load_efficientnet_lite0_packaged
 from bcosify.sources._registry import _LITE0, TIMM_PREFIX, _check_timm_name, _check_torchvision_name
 from bcosify.sources._timm import _build_timm
 from bcosify.sources._torchvision import _build_torchvision
-from bcosify.sources._zoo import ZOO_PREFIX, build_zoo_model
+from bcosify.sources._zoo import BCOSIFICATION_PREFIX, ZOO_PREFIX, build_zoo_model
 
 
 def build_model(
@@ -28,8 +28,10 @@ def build_model(
             ``torchvision.models.list_models(module=torchvision.models)``, e.g. ``"resnet50"``) or
             ``"timm/<name>"`` for any ``timm.list_models()`` name, optionally with a pretrained
             tag (``"timm/resnet50.a1_in1k"``), or ``"bcos-v2/<name>"`` for a published B-cos v2
-            model (``"bcos-v2/resnet50"``; ``bcosify models --zoo`` lists them), which is
-            returned already converted: a B-cos model with its published weights.
+            model (``"bcos-v2/resnet50"``) or ``"bcosification/<name>"`` for a published
+            B-cosified CNN (``bcosify models --zoo`` lists them), which is returned already
+            converted: a B-cos model with its published weights (a standard ViT of B-cos v2 is a
+            source model).
         weights: ``"DEFAULT"``: the pretrained weights (torchvision's ``DEFAULT`` weights enum
             member, timm's default pretrained tag), taken from the torch.hub / Hugging Face cache
             or downloaded; ``"none"`` or ``None``: random initialisation; ``"packaged"``: the
@@ -72,7 +74,7 @@ def build_model(
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise ModelSourceError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
-    if name.startswith(ZOO_PREFIX):
+    if name.startswith((ZOO_PREFIX, BCOSIFICATION_PREFIX)):
         return build_zoo_model(name, weights, num_classes)
     mode, path = _parse_weights(weights)
 

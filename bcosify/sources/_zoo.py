@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bcosify.config import BcosConfig
 from bcosify.errors import ModelSourceError
 from bcosify.preprocessing import Preprocessing
 from bcosify.sources._helpers import (
@@ -51,6 +52,12 @@ from bcosify.sources._hub import (
 
 ZOO_PREFIX = "bcos-v2/"
 """Prefix of the published B-cos v2 models in :func:`bcosify.build_model`."""
+
+BCOSIFICATION_PREFIX = "bcosification/"
+"""Prefix of the published B-cosified CNNs (Arya et al., NeurIPS 2024) in
+:func:`bcosify.build_model`."""
+
+_BCOSIFICATION_RELEASE = "https://github.com/shrebox/B-cosification/releases/tag/v0.0.1-checkpoints"
 
 _RELEASE = "https://github.com/B-cos/B-cos-v2/releases/download/v0.0.1-weights"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,27 +90,33 @@ class ZooEntry:
     name: str
     family: str
     architecture: str | None
-    file: str
-    top1: float
+    file: str | None
+    top1: float | None
     bcos: bool = True
     resize_size: int = 256
     input_size: int = 224
 
     @property
-    def url(self) -> str:
-        return f"{_RELEASE}/{self.file}"
+    def release(self) -> str:
+        """``"bcos-v2"`` or ``"bcosification"``."""
+        return self.name.split("/", 1)[0]
+
+    @property
+    def url(self) -> str | None:
+        """Where the published file is (None: no file bcosify knows of)."""
+        return None if self.file is None else f"{_RELEASE}/{self.file}"
 
     @property
     def hash_prefix(self) -> str:
         """The sha256 prefix in the file name (what ``torch.hub`` checks with check_hash)."""
-        match = re.search(r"-([0-9a-f]{8,})\.", self.file)
+        match = re.search(r"-([0-9a-f]{8,})\.", self.file or "")
         if match is None:  # every published file name carries one
             raise ModelSourceError(f"internal error: no hash in the file name {self.file!r}")
         return match.group(1)
 
     @property
     def hub_name(self) -> str:
-        return self.name[len(ZOO_PREFIX) :]
+        return self.name.split("/", 1)[1]
 
     @property
     def converted(self) -> bool:
@@ -112,10 +125,21 @@ class ZooEntry:
         return self.bcos and self.family in _CONVERTIBLE
 
     @property
+    def config(self) -> BcosConfig:
+        """The conversion options of a converted entry. B-cos v2 units have unit-norm weights
+        and take the raw ``[x, 1 - x]``; B-cosification keeps the raw weights, keeps ReLU and
+        takes the patch norm of the first layer on the normalised encoding."""
+        if self.release == "bcosification":
+            return BcosConfig(activation="keep", first_layer_norm="normalized")
+        return BcosConfig(normalize_weights=True)
+
+    @property
     def preprocessing(self) -> Preprocessing:
-        """B-cos models take ``[0, 1]`` images (no normalisation); the standard ViTs take
-        ImageNet-normalised ones."""
-        mean, std = ((0.0,) * 3, (1.0,) * 3) if self.bcos else (_IMAGENET_MEAN, _IMAGENET_STD)
+        """B-cos v2's B-cos models take ``[0, 1]`` images (no normalisation); the standard ViTs
+        and the B-cosified models take ImageNet-normalised ones (in bcosify, the normalisation
+        is folded into the first layer: the converted model takes ``[0, 1]`` images too)."""
+        raw = self.bcos and self.release == "bcos-v2"
+        mean, std = ((0.0,) * 3, (1.0,) * 3) if raw else (_IMAGENET_MEAN, _IMAGENET_STD)
         return Preprocessing(
             mean=mean,
             std=std,
@@ -172,6 +196,17 @@ def _entries() -> dict[str, ZooEntry]:
         file = f"standard_{hub}-{_VIT_HASHES['standard_' + hub]}.pth"
         name = ZOO_PREFIX + "standard_" + hub
         out[name] = ZooEntry(name, family, None, file, acc, bcos=False)
+    # B-cosification (Arya et al., NeurIPS 2024): the CNN configs of its ImageNet experiments,
+    # converted from torchvision's weights (resnet50: V2; resnet50_v1: V1). Its release lists no
+    # file names or hashes bcosify could check: weights come from a local file.
+    for name, family, arch in (
+        ("resnet18", "resnet", "resnet18"),
+        ("resnet50", "resnet", "resnet50"),
+        ("resnet50_v1", "resnet", "resnet50"),
+        ("densenet121", "densenet", "densenet121"),
+    ):
+        key = BCOSIFICATION_PREFIX + name
+        out[key] = ZooEntry(key, family, arch, None, None)
     return out
 
 
@@ -199,7 +234,8 @@ ENTRIES: dict[str, ZooEntry] = _entries()
 
 
 def zoo_entry(name: str) -> ZooEntry:
-    """The entry called ``name`` (``"bcos-v2/resnet50"``; the prefix may be left out).
+    """The entry called ``name`` (``"bcos-v2/resnet50"``, ``"bcosification/resnet50"``; the
+    ``bcos-v2/`` prefix may be left out).
 
     Raises:
         ModelSourceError: for an unknown name, with the closest names.
@@ -208,13 +244,14 @@ def zoo_entry(name: str) -> ZooEntry:
         >>> zoo_entry("bcos-v2/resnet50").top1
         75.882
     """
-    key = name if name.startswith(ZOO_PREFIX) else ZOO_PREFIX + name
+    prefixed = name.startswith((ZOO_PREFIX, BCOSIFICATION_PREFIX))
+    key = name if prefixed else ZOO_PREFIX + name
     if key in ENTRIES:
         return ENTRIES[key]
     close = difflib.get_close_matches(key, list(ENTRIES), n=4, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ModelSourceError(
-        f"unknown B-cos v2 model {name!r}.{hint} `bcosify models --zoo` lists them all."
+        f"unknown published B-cos model {name!r}.{hint} `bcosify models --zoo` lists them all."
     )
 
 
@@ -234,6 +271,12 @@ def _published_file(entry: ZooEntry) -> Path:
     cache; a download is written to a temporary file and only moved into the cache when its
     hash matches (``torch.hub.download_url_to_file``), so a bad file is never kept.
     """
+    if entry.url is None:
+        raise ModelSourceError(
+            f"bcosify knows no published file name and hash for {entry.name!r} (the release "
+            f"{_BCOSIFICATION_RELEASE} lists none it could check): download its checkpoint "
+            f"and pass it as a local file, build_model({entry.name!r}, weights='path/to/file')"
+        )
     cached = _torch_hub_cache_path(entry.url)
     if cached.is_file():
         digest = sha256_file(cached)
@@ -256,20 +299,47 @@ def _published_file(entry: ZooEntry) -> Path:
     return cached
 
 
-def to_bcosify_keys(state_dict: dict[str, torch.Tensor], target: nn.Module) -> dict[str, object]:
-    """Rename a B-cos v2 state dict to the keys of bcosify's model ``target``.
+def _strip_wrappers(state_dict: dict[str, torch.Tensor], own: dict) -> dict[str, torch.Tensor]:
+    """Remove the wrapper prefixes of published files: B-cos v2 wraps its ViTs with their logit
+    layer (``0.``); B-cosification's checkpoints hold a Lightning module's ``model.`` around a
+    wrapper's ``model.``. A prefix is removed only when every key has it and ``target`` none."""
+    for prefix in ("0.", "model.", "model."):
+        if all(k.startswith(prefix) for k in state_dict) and not any(
+            k.startswith(prefix) for k in own
+        ):
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
 
-    B-cos v2 units keep their weight in a ``linear`` submodule (``layer1.0.conv1.linear.weight``,
-    ``ff.net.linear1.linear.weight``); bcosify's units are convolutions or linear layers
-    themselves (``layer1.0.conv1.weight``). Its ViTs are wrapped with their logit layer
-    (``0.transformer...``). A tensor whose shape differs from the target's only by size-1
-    dimensions (a classifier stored as a 1x1 convolution) is reshaped. The logit bias, a
-    constant of the architecture in B-cos v2, is taken from ``target``. A file already in
-    bcosify's layout passes unchanged.
+
+def _fold_first_layer(weight: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """B-cosification's first layer sees ``([x, 1 - x] - [m, 1 - m]) / [s, s]``, whose second
+    half is minus the first: only ``D = W[:, :3] - W[:, 3:]`` matters, applied to ``(x - m) /
+    s``. bcosify's first layer sees ``[x, 1 - x]``: the same map is ``[D (1 - m) / s, -D m /
+    s]``, the fold of :func:`bcosify.fx.passes.encode_input` (exact, bias-free)."""
+    w = weight.double()
+    d = w[:, :3] - w[:, 3:]
+    shape = (1, 3) + (1,) * (w.dim() - 2)
+    mean = torch.tensor(pre.mean, dtype=torch.float64).reshape(shape)
+    std = torch.tensor(pre.std, dtype=torch.float64).reshape(shape)
+    return torch.cat([d * (1 - mean) / std, -d * mean / std], 1).to(weight.dtype)
+
+
+def to_bcosify_keys(
+    state_dict: dict[str, torch.Tensor], target: nn.Module, entry: ZooEntry | None = None
+) -> dict[str, object]:
+    """Rename a published state dict to the keys of bcosify's model ``target``.
+
+    B-cos v2 and B-cosification units keep their weight in a ``linear`` submodule
+    (``layer1.0.conv1.linear.weight``, ``ff.net.linear1.linear.weight``); bcosify's units are
+    convolutions or linear layers themselves (``layer1.0.conv1.weight``). Wrapper prefixes are
+    removed (:func:`_strip_wrappers`). A tensor whose shape differs from the target's only by
+    size-1 dimensions (a classifier stored as a 1x1 convolution) is reshaped. The logit bias, a
+    constant of the architecture in both, is taken from ``target``. For a B-cosification
+    ``entry`` the 6-channel first layer is folded onto bcosify's input (:func:`_fold_first_layer`).
+    A file already in bcosify's layout passes unchanged.
     """
     own = target.state_dict()
-    if all(k.startswith("0.") for k in state_dict) and not any(k.startswith("0.") for k in own):
-        state_dict = {k[2:]: v for k, v in state_dict.items()}
+    state_dict = _strip_wrappers(state_dict, own)
     out: dict[str, object] = {}
     for key, value in state_dict.items():
         new = key
@@ -282,6 +352,15 @@ def to_bcosify_keys(state_dict: dict[str, torch.Tensor], target: nn.Module) -> d
             and [s for s in value.shape if s != 1] == [s for s in want.shape if s != 1]
         ):
             value = value.reshape(want.shape)
+        if (
+            entry is not None
+            and entry.release == "bcosification"
+            and new != key  # a published unit, not a file in bcosify's layout
+            and want is not None
+            and want.dim() == 4
+            and want.shape[1] == 6
+        ):
+            value = _fold_first_layer(value, entry.preprocessing)
         out[new] = value
     for key, value in own.items():
         if key.endswith("logit_layer.logit_bias") and key not in out:
@@ -298,8 +377,8 @@ def _convert_architecture(entry: ZooEntry, num_classes: int) -> torch.fx.GraphMo
         raise ModelSourceError(f"internal error: {entry.name} has no architecture")
     source = build_model(entry.architecture, weights="none", num_classes=num_classes)
     source.bcosify_preprocessing = entry.preprocessing
-    config = bcosify.BcosConfig(normalize_weights=True)
-    model = bcosify.convert(source, config, mean=(0.0,) * 3, std=(1.0,) * 3)
+    pre = entry.preprocessing
+    model = bcosify.convert(source, entry.config, mean=pre.mean, std=pre.std)
     # the source (the torchvision architecture) has no weights of its own: the published
     # weights are the zoo entry's ("zoo_weights"), so nothing takes torchvision's for them
     model.bcosify_source = {**model.bcosify_source, "weights": "none", "zoo": entry.name}
@@ -309,13 +388,12 @@ def _convert_architecture(entry: ZooEntry, num_classes: int) -> torch.fx.GraphMo
 def _build_native(entry: ZooEntry, num_classes: int) -> torch.fx.GraphModule:
     """A B-cos entry that is not a torchvision conversion, built from bcosify's B-cos layers
     and given a converted model's metadata (no node map: it has no source graph)."""
-    import bcosify
     from bcosify import metadata
     from bcosify.report import ConversionReport
     from bcosify.sources._bcos_v2_arch import bcos_architecture, trace_native
 
     gm = trace_native(bcos_architecture(entry.hub_name, num_classes))
-    config = bcosify.BcosConfig(normalize_weights=True)
+    config = entry.config
     pre = entry.preprocessing
     report = ConversionReport(
         model=type(gm).__name__, config=config.to_dict(), mean=pre.mean, std=pre.std
@@ -367,7 +445,7 @@ def build_zoo_model(
     if mode == "none":
         return model.eval()
     file = _file(path) if mode == "file" else _published_file(entry)
-    state_dict = to_bcosify_keys(load_state_dict_file(file), model)
+    state_dict = to_bcosify_keys(load_state_dict_file(file), model, entry)
     if n_classes != 1000 and mode == "DEFAULT":
         _load_except_head(model, state_dict, entry.name, 1000, n_classes)
     else:
@@ -390,15 +468,16 @@ def _verification() -> dict[str, dict[str, object]]:
 
 
 def list_zoo() -> list[dict[str, object]]:
-    """One row per published B-cos v2 model: name, family, kind (``"B-cos"`` or
-    ``"standard"``), published top-1 (%), how bcosify makes it (``"converted from torchvision
-    NAME"``, ``"built by bcosify"`` or ``"source model"``), and ``verified``: True/False when
-    ``scripts/zoo.py`` compared it with the ``bcos`` package, None when not compared.
+    """One row per published model (B-cos v2, B-cosification): name, family, kind (``"B-cos"``
+    or ``"standard"``), published top-1 (%, None when not published with the weights), how
+    bcosify makes it (``"converted from torchvision NAME"``, ``"built by bcosify"`` or
+    ``"source model"``), and ``verified``: True/False when ``scripts/zoo.py`` compared it with
+    the published code, None when not compared.
 
     Example:
         >>> rows = list_zoo()
         >>> len(rows), sum(r["kind"] == "B-cos" for r in rows)
-        (34, 26)
+        (38, 30)
     """
     checked = _verification()
     return [
