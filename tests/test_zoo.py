@@ -129,6 +129,8 @@ def test_a_built_bcos_model_round_trips_and_explains(tmp_path):
     e = bcosify.explain(model.double(), x.double())
     assert e.pixel_completeness_error.max() < 1e-8
     assert "position_embedding" in e.constant_contributions
+    with pytest.raises(bcosify.BcosifyError, match="builds this published B-cos model itself"):
+        bcosify.node_map(model)
 
 
 def test_a_bcos_vit_takes_other_sizes_as_bcos_does(script, tmp_path):

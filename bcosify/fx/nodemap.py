@@ -234,6 +234,13 @@ def node_map(model: nn.Module) -> NodeMap:
         model = model.module
     model = getattr(model, "_orig_mod", model)  # torch.compile
     values = getattr(model, "bcosify_node_map", None)
+    source = getattr(model, "bcosify_source", None) or {}
+    if values is None and source.get("zoo") and source.get("name") is None:
+        raise BcosifyError(
+            f"{source['zoo']} has no node map: bcosify builds this published B-cos model itself, "
+            "it was not converted from a source model whose nodes could be matched (feature "
+            "alignment needs a converted model; plain fine-tuning works)"
+        )
     if values is None:
         raise BcosifyError(
             f"this {type(model).__name__} has no node map: it is not a converted model, or it was "

@@ -12,7 +12,10 @@ any converted model. Their state-dict keys are those of the published files, up 
 ``.linear.weight`` -> ``.weight`` renaming of :func:`bcosify.sources._zoo.to_bcosify_keys`.
 
 The 8 standard (non-B-cos) SimpleViTs and ViT-Cs of B-cos v2 are plain PyTorch source models
-(:class:`SimpleViT`), which bcosify converts like any other.
+(:class:`SimpleViT`), which bcosify converts like any other. The B-cos ViTs compute their
+position embedding for the grid they are given (any image size divisible by the patch size, as
+in B-cos v2); the standard ones keep it for their image size (224) as a buffer, which bcosify's
+conversion reports as a constant.
 """
 
 from __future__ import annotations
@@ -68,9 +71,11 @@ class _BcosEnds:
     ``bcosify_input_encoding``) and the logit bias ``-log(C - 1)`` (``bcosify_logit_layer``)."""
 
     def _add_ends(self, num_classes: int) -> None:
+        from bcosify.config import BcosConfig
+
         self.bcosify_input_encoding = bnn.InputEncoding(3)
-        bias = -math.log(num_classes - 1) if num_classes > 2 else 0.0
-        self.bcosify_logit_layer = bnn.LogitLayer(bias)
+        bias = BcosConfig().resolved_logit_bias(num_classes)  # as a conversion adds it
+        self.bcosify_logit_layer = bnn.LogitLayer(0.0 if bias is None else bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bcosify_logit_layer(self._logits(self.bcosify_input_encoding(x)))
