@@ -101,6 +101,8 @@ def test_the_card_parses_and_says_what_the_model_is(model, tmp_path):
         ({"name": "resnet50", "weights": "DEFAULT"}, "other", None),
         ({"name": "resnet18", "weights": "file", "zoo": "bcos-v2/resnet18"}, "apache-2.0", None),
         ({"name": None, "weights": None}, None, None),
+        # a conversion of B-cos v2's standard ViT: the release's licence
+        ({"name": "bcos-v2/standard_vitc_s_patch1_14", "weights": "DEFAULT"}, "apache-2.0", None),
     ],
 )
 def test_card_licence_and_base_model(source, license, base):

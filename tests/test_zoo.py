@@ -1,5 +1,6 @@
-"""The B-cos v2 zoo (``bcos-v2/`` names): equality with the ``bcos`` package, the published
-weight files (torch.hub cache, hash check, offline), save/load, explanations and the CLI."""
+"""Published B-cos models (``bcos-v2/`` and ``bcosification/`` names): equality with the
+published code, the published weight files (torch.hub cache, hash check, offline), checkpoints,
+save/load, explanations, fine-tuning, evaluation and the CLI."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from collections import OrderedDict
@@ -22,8 +23,6 @@ _HALF = (0.5, 0.5, 0.5)
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """The hex sha256 of a file, read in 1 MiB blocks."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

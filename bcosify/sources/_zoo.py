@@ -427,8 +427,8 @@ def _build_standard(entry: ZooEntry, num_classes: int) -> nn.Module:
 def build_zoo_model(
     name: str, weights: str | os.PathLike[str] | None, num_classes: int | None
 ) -> nn.Module:
-    """A published B-cos v2 model (see :func:`build_model`): a B-cos entry as a converted
-    bcosify model, a standard ViT as a source model."""
+    """A published model (see :func:`build_model`): a B-cos entry as a converted bcosify model,
+    a standard ViT of B-cos v2 as a source model."""
     from bcosify.sources._helpers import _parse_weights
 
     entry = zoo_entry(name)
