@@ -41,21 +41,26 @@ def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @dataclass
 class Explanation:
-    """The explanation of one logit per sample of a batch.
+    """The explanation of one logit, or of several, per sample of a batch.
 
-    The contributions are exact: ``contributions.sum((1, 2, 3)) + sum(constant_contributions)``
+    The contributions are exact: ``contributions.sum((-3, -2, -1)) + sum(constant_contributions)``
     equals the explained logit (up to float rounding; see :attr:`completeness_error`).
+
+    With several targets per sample (``explain(..., target=B x k tensor or "topk:k")``) every
+    per-target field gets a target axis after the batch axis: ``target`` is B x k,
+    ``dynamic_weights`` and ``contributions`` B x k x 2C x H x W, each constant B x k.
 
     Attributes:
         images: the explained images, B x C x H x W in [0, 1].
         logits: B x num_classes.
         prediction: B (argmax of the logits).
-        target: B, the explained class per sample.
-        dynamic_weights: B x 2C x H x W, the gradient of the target logit w.r.t. the encoding
-            ``[x, 1 - x]`` in explanation mode, i.e. the row W(x) of the dynamic linear map.
-        contributions: B x 2C x H x W, ``[x, 1 - x] * dynamic_weights``.
-        constant_contributions: name -> B tensor, the contribution of every additive constant
-            (the logit bias, kept biases) to the explained logit.
+        target: B (or B x k), the explained class(es) per sample.
+        dynamic_weights: B (x k) x 2C x H x W, the gradient of the target logit w.r.t. the
+            encoding ``[x, 1 - x]`` in explanation mode, i.e. the row W(x) of the dynamic linear
+            map.
+        contributions: B (x k) x 2C x H x W, ``[x, 1 - x] * dynamic_weights``.
+        constant_contributions: name -> B (or B x k) tensor, the contribution of every additive
+            constant (the logit bias, kept biases) to the explained logit.
     """
 
     images: Tensor
@@ -67,13 +72,20 @@ class Explanation:
     constant_contributions: dict[str, Tensor] = field(default_factory=dict)
 
     @property
+    def multi_target(self) -> bool:
+        """Whether several targets per sample were explained (a target axis after the batch)."""
+        return self.target.dim() == 2
+
+    @property
     def explained_logit(self) -> Tensor:
+        if self.multi_target:
+            return self.logits.gather(1, self.target)
         return self.logits.gather(1, self.target[:, None]).squeeze(1)
 
     @property
     def contribution_map(self) -> Tensor:
-        """B x H x W: contributions summed over the channels."""
-        return self.contributions.sum(1)
+        """B (x k) x H x W: contributions summed over the channels."""
+        return self.contributions.sum(-3)
 
     @property
     def constant_total(self) -> Tensor:
@@ -84,8 +96,8 @@ class Explanation:
 
     @property
     def completeness_error(self) -> Tensor:
-        """B: ``|sum(contributions) + constants - logit| / |logit|`` per sample."""
-        total = self.contributions.flatten(1).sum(1) + self.constant_total
+        """B (x k): ``|sum(contributions) + constants - logit| / |logit|`` per explanation."""
+        total = self.contributions.flatten(-3).sum(-1) + self.constant_total
         logit = self.explained_logit
         return (total - logit).abs() / logit.abs().clamp_min(torch.finfo(logit.dtype).tiny)
 
@@ -99,16 +111,22 @@ class Explanation:
         the explanation in float64 to measure it.
         """
         pixels = self.explained_logit - self.constant_total
-        total = self.contributions.flatten(1).sum(1)
+        total = self.contributions.flatten(-3).sum(-1)
         return (total - pixels).abs() / pixels.abs().clamp_min(torch.finfo(pixels.dtype).tiny)
 
     def to_rgba(self, smooth: int = 15, percentile: float = 99.5) -> Tensor:
-        """B x H x W x 4 colour image of the dynamic weights (see :func:`bcosify.viz.to_rgba`)."""
+        """B (x k) x H x W x 4 colour image of the dynamic weights (see
+        :func:`bcosify.viz.to_rgba`)."""
         from bcosify.viz import to_rgba
 
-        return to_rgba(
-            self.dynamic_weights, self.contributions, smooth=smooth, percentile=percentile
+        lead = self.dynamic_weights.shape[:-3]
+        rgba = to_rgba(
+            self.dynamic_weights.flatten(0, len(lead) - 1),
+            self.contributions.flatten(0, len(lead) - 1),
+            smooth=smooth,
+            percentile=percentile,
         )
+        return rgba.reshape(*lead, *rgba.shape[1:])
 
     def save_figures(
         self,
@@ -117,9 +135,11 @@ class Explanation:
         class_names: Sequence[str] | None = None,
         smooth: int = 15,
     ) -> list[Path]:
-        """Write one figure per sample (image | colour explanation | contribution map).
+        """Write one figure per sample and target (image | colour explanation | contribution
+        map).
 
-        Returns the paths written, ``<out_dir>/<name>.png``.
+        Returns the paths written: ``<out_dir>/<name>.png``, or with several targets per sample
+        ``<out_dir>/<name>_class<t>.png``.
         """
         from bcosify.viz import save_figure
 
@@ -127,21 +147,28 @@ class Explanation:
         out.mkdir(parents=True, exist_ok=True)
         n = self.images.shape[0]
         names = list(names) if names is not None else [f"sample_{i}" for i in range(n)]
+        targets = self.target if self.multi_target else self.target[:, None]
+        weights = self.dynamic_weights if self.multi_target else self.dynamic_weights[:, None]
+        contributions = self.contributions if self.multi_target else self.contributions[:, None]
+        logits = self.explained_logit if self.multi_target else self.explained_logit[:, None]
         paths = []
         for i in range(n):
-            t = int(self.target[i])
-            label = class_names[t] if class_names is not None and t < len(class_names) else str(t)
-            title = f"{names[i]}: explaining '{label}' (logit {float(self.explained_logit[i]):.2f})"
-            path = out / f"{names[i]}.png"
-            save_figure(
-                path,
-                self.images[i],
-                self.dynamic_weights[i],
-                self.contributions[i],
-                title=title,
-                smooth=smooth,
-            )
-            paths.append(path)
+            for j in range(targets.shape[1]):
+                t = int(targets[i, j])
+                known = class_names is not None and t < len(class_names)
+                label = class_names[t] if known else str(t)
+                title = f"{names[i]}: explaining '{label}' (logit {float(logits[i, j]):.2f})"
+                stem = f"{names[i]}_class{t}" if self.multi_target else names[i]
+                path = out / f"{stem}.png"
+                save_figure(
+                    path,
+                    self.images[i],
+                    weights[i, j],
+                    contributions[i, j],
+                    title=title,
+                    smooth=smooth,
+                )
+                paths.append(path)
         return paths
 
 
@@ -180,36 +207,82 @@ def _prepare_images(images: Tensor, channels: int, device, dtype) -> Tensor:
 
 
 def _resolve_target(target, logits: Tensor) -> Tensor:
+    """B classes (one target per sample) or B x k (several: ``"topk:k"``, a B x k tensor)."""
     n, num_classes = logits.shape
     if target is None:
         return logits.argmax(1)
+    if isinstance(target, str):
+        kind, _, k = target.partition(":")
+        if kind.strip() != "topk" or not k.strip().isdigit() or int(k) < 1:
+            raise BcosifyError(
+                f"target {target!r}: a string target is 'topk:K' (the K highest logits of each "
+                "sample), e.g. 'topk:5'"
+            )
+        if int(k) > num_classes:
+            raise BcosifyError(f"target {target!r}: the model has only {num_classes} classes")
+        return logits.topk(int(k), dim=1).indices
     t = torch.as_tensor(target, device=logits.device).long()
     if t.dim() == 0:
         t = t.expand(n)
-    if t.shape != (n,):
+    if t.dim() not in (1, 2) or t.shape[0] != n or t.numel() == 0:
         raise BcosifyError(
-            f"target must be None, an int or one class per sample ({n}); got shape {tuple(t.shape)}"
+            f"target must be None, an int, one class per sample ({n}), {n} x k classes or "
+            f"'topk:K'; got shape {tuple(t.shape)}"
         )
     if bool(((t < 0) | (t >= num_classes)).any()):
         raise BcosifyError(f"target classes must lie in [0, {num_classes - 1}], got {t.tolist()}")
     return t
 
 
+def _gradients(y: Tensor, inputs: list[Tensor], chunk_size: int) -> tuple[Tensor | None, ...]:
+    """The gradients of each column of ``y`` (B x k, one target per column) w.r.t. ``inputs``,
+    each with a leading target axis (k x ...): batched backward passes
+    (``autograd.grad(..., is_grads_batched=True)``) of at most ``chunk_size`` targets, so that
+    memory grows with the chunk, not with k."""
+    k = y.shape[1]
+    parts: list[tuple[Tensor | None, ...]] = []
+    for start in range(0, k, chunk_size):
+        cols = range(start, min(k, start + chunk_size))
+        one_hot = torch.zeros((len(cols), *y.shape), device=y.device, dtype=y.dtype)
+        for row, col in enumerate(cols):
+            one_hot[row, :, col] = 1.0
+        parts.append(
+            torch.autograd.grad(
+                y, inputs, grad_outputs=one_hot, retain_graph=True, allow_unused=True,
+                is_grads_batched=True,
+            )
+        )  # fmt: skip
+    out: list[Tensor | None] = []
+    for i in range(len(inputs)):
+        pieces = [p[i] for p in parts]
+        out.append(None if pieces[0] is None else torch.cat(pieces))
+    return tuple(out)
+
+
 def explain(
     model: nn.Module,
     images: Tensor,
-    target: int | Sequence[int] | Tensor | None = None,
+    target: int | Sequence[int] | Tensor | str | None = None,
+    *,
+    chunk_size: int = 8,
 ) -> Explanation:
-    """Explain a batch: the exact contribution of every input pixel to one logit per sample.
+    """Explain a batch: the exact contribution of every input pixel to one logit per sample, or
+    to several.
 
     Runs ``model`` in eval and explanation mode, takes the gradient of each sample's target logit
     w.r.t. the encoding ``[x, 1 - x]`` and of every additive constant. The caller's tensor is not
-    modified, and a sample gets the same explanation alone or inside a batch.
+    modified, and a sample gets the same explanation alone or inside a batch. Several targets
+    per sample share one forward pass; their gradients come from batched backward passes.
 
     Args:
         model: a converted model (from :func:`bcosify.convert` or :func:`bcosify.load`).
         images: N x C x H x W (or C x H x W) in [0, 1], not normalised.
-        target: None (explain the prediction), one class for all samples, or one per sample.
+        target: None (explain the prediction), one class for all samples, one per sample, or
+            several per sample: an N x k tensor (or nested lists) of classes, or ``"topk:k"``
+            (the k highest logits of each sample, highest first). With several targets the
+            :class:`Explanation` has a target axis after the batch axis.
+        chunk_size: with several targets, how many go into one batched backward pass (memory
+            grows with it, not with k).
 
     Example:
         >>> import bcosify, torchvision
@@ -248,25 +321,42 @@ def explain(
     if logits.dim() != 2:
         raise BcosifyError(f"the model must return N x classes logits, got {tuple(logits.shape)}")
     t = _resolve_target(target, logits)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise BcosifyError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     x6 = captured["x6"]
-    y = logits.gather(1, t[:, None]).sum()
     leaves = [leaf for _, leaf in recorder.leaves]
-    grads = torch.autograd.grad(y, [x6, *leaves], allow_unused=True)
-    weights = grads[0] if grads[0] is not None else torch.zeros_like(x6)
+    n = x.shape[0]
+    if t.dim() == 1:  # one target per sample: one backward pass
+        y = logits.gather(1, t[:, None]).sum()
+        grads = torch.autograd.grad(y, [x6, *leaves], allow_unused=True)
+        weights = grads[0] if grads[0] is not None else torch.zeros_like(x6)
+        per_target = (n,)
+    else:  # k targets per sample: k x B x ... gradients, moved to B x k x ...
+        grads = _gradients(logits.gather(1, t), [x6, *leaves], chunk_size)
+        k = t.shape[1]
+        if grads[0] is None:
+            weights = torch.zeros((n, k, *x6.shape[1:]), device=x6.device, dtype=x6.dtype)
+        else:
+            weights = grads[0].transpose(0, 1)
+        per_target = (n, k)
     constants: dict[str, Tensor] = {}
     for (name, leaf), g in zip(recorder.leaves, grads[1:]):
-        value = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+        value = torch.zeros(per_target, device=x.device, dtype=x.dtype)
         if g is not None:
             # a leaf's first dimension is the batch, or batch-major groups of it (windows)
-            value = (leaf.detach() * g).reshape(x.shape[0], -1).sum(1)
+            if len(per_target) == 1:
+                value = (leaf.detach() * g).reshape(n, -1).sum(1)
+            else:  # g: k x leaf shape
+                value = (leaf.detach() * g).reshape(per_target[1], n, -1).sum(-1).transpose(0, 1)
         constants[name] = constants[name] + value if name in constants else value
     logits = logits.detach()
+    encoding = x6.detach() if t.dim() == 1 else x6.detach().unsqueeze(1)
     return Explanation(
         images=x,
         logits=logits,
         prediction=logits.argmax(1),
         target=t,
         dynamic_weights=weights.detach(),
-        contributions=(x6.detach() * weights).detach(),
+        contributions=(encoding * weights).detach(),
         constant_contributions=constants,
     )

@@ -63,6 +63,11 @@ def test_explanation_mode_restored_and_training_flag_kept(model):
         (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), None, "floats"),
         (torch.rand(2, 3, 32, 32), 10, r"\[0, 9\]"),
         (torch.rand(2, 3, 32, 32), [1, 2, 3], "one class per sample"),
+        (torch.rand(2, 3, 32, 32), [[1, 2], [3, 4], [5, 6]], r"2 x k classes"),
+        (torch.rand(2, 3, 32, 32), [[1, 2], [3, 10]], r"\[0, 9\]"),
+        (torch.rand(2, 3, 32, 32), "topk:0", "'topk:K'"),
+        (torch.rand(2, 3, 32, 32), "top:3", "'topk:K'"),
+        (torch.rand(2, 3, 32, 32), "topk:11", "only 10 classes"),
     ],
 )
 def test_bad_input(model, images, target, match):
@@ -123,3 +128,66 @@ def test_kept_biases_are_constant_terms_of_each_sample():
     alone = bcosify.explain(model, x[1:2], e.target[1:2])
     for name, value in e.constant_contributions.items():
         torch.testing.assert_close(alone.constant_contributions[name], value[1:2])
+
+
+# ---------------------------------------------------------------- several targets per sample
+@pytest.fixture(scope="module")
+def vit():
+    """A model with a constant besides the logit bias (the position embedding), in float64."""
+    torch.manual_seed(0)
+    m = bcosify.build_model("bcos-v2/vitc_ti_patch1_14", weights="none", num_classes=12)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 1:  # norm scales: away from 1, so that the logits vary
+                p.uniform_(0.5, 1.5)
+    return m.double()
+
+
+@pytest.mark.parametrize("name", ["model", "vit"])
+def test_several_targets_equal_single_explanations(request, name):
+    """k targets per sample from one forward and batched backward passes: each equals the
+    single-target explanation to 1e-6, and completeness holds per target."""
+    model = request.getfixturevalue(name)
+    dtype = next(model.parameters()).dtype
+    size = 32 if name == "model" else 112
+    x = torch.rand(3, 3, size, size, dtype=dtype)
+    many = bcosify.explain(model, x, target="topk:4", chunk_size=3)  # two chunks
+    assert many.multi_target and many.target.shape == (3, 4)
+    assert torch.equal(many.target, many.logits.topk(4, dim=1).indices)
+    assert many.dynamic_weights.shape == (3, 4, 6, size, size)
+    assert many.contribution_map.shape == (3, 4, size, size)
+    for j in range(4):
+        one = bcosify.explain(model, x, target=many.target[:, j])
+        scale = one.dynamic_weights.abs().max()
+        assert float(scale) > 0
+        assert float((many.dynamic_weights[:, j] - one.dynamic_weights).abs().max() / scale) < 1e-6
+        torch.testing.assert_close(many.contributions[:, j], one.contributions, rtol=1e-6, atol=0)
+        assert set(many.constant_contributions) == set(one.constant_contributions)
+        for key, value in one.constant_contributions.items():
+            torch.testing.assert_close(
+                many.constant_contributions[key][:, j], value, rtol=1e-6, atol=1e-12
+            )
+    assert many.pixel_completeness_error.shape == (3, 4)
+    limit = 1e-4 if dtype == torch.float32 else 1e-8
+    assert float(many.pixel_completeness_error.max()) < limit
+    if name == "vit":
+        assert "position_embedding" in many.constant_contributions
+
+
+def test_target_tensors_lists_and_chunks_agree(model):
+    x = torch.rand(2, 3, 32, 32)
+    targets = [[0, 5, 9], [3, 3, 1]]
+    a = bcosify.explain(model, x, target=targets)
+    b = bcosify.explain(model, x, target=torch.tensor(targets), chunk_size=1)
+    assert a.target.tolist() == targets
+    torch.testing.assert_close(a.dynamic_weights, b.dynamic_weights, rtol=1e-6, atol=0)
+    with pytest.raises(BcosifyError, match="chunk_size"):
+        bcosify.explain(model, x, target=targets, chunk_size=0)
+
+
+def test_figures_of_several_targets(model, tmp_path):
+    e = bcosify.explain(model, torch.rand(2, 3, 32, 32), target="topk:2")
+    assert e.to_rgba(smooth=3).shape == (2, 2, 32, 32, 4)
+    paths = e.save_figures(tmp_path, names=["a", "b"])
+    expected = [f"{n}_class{int(e.target[i, j])}.png" for i, n in enumerate("ab") for j in range(2)]
+    assert [p.name for p in paths] == expected
