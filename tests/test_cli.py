@@ -46,6 +46,14 @@ def test_convert_explain_roundtrip(tmp_path, capsys):
     assert main(["explain", str(out), str(img), "--out", str(figs)]) == 0
     printed = capsys.readouterr().out
     assert "top-5" in printed and (figs / "photo.png").is_file()
+    # the 3 highest classes, one figure each, from one explain call
+    assert main(["explain", str(out), str(img), "--top-k", "3", "--out", str(figs)]) == 0
+    printed = capsys.readouterr().out
+    written = sorted(p.name for p in figs.glob("photo_class*.png"))
+    assert len(written) == 3 and "explained class(es) [" in printed
+    assert main(["explain", str(out), str(img), "--top-k", "3", "--out", str(figs)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["explain", str(out), str(img), "--top-k", "0", "--out", str(figs)]) == 2
 
 
 @pytest.mark.parametrize(

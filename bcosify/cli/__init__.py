@@ -24,6 +24,7 @@ _EPILOGS = {
     "explain": """examples:
   bcosify explain lite0-bcos cat.jpg dog.png --out explanations
   bcosify explain lite0-bcos cat.jpg --target 281 --out explanations
+  bcosify explain lite0-bcos cat.jpg --top-k 3 --out explanations   # the 3 highest classes
   bcosify explain hf-hub:org/resnet50-bcos cat.jpg --out explanations""",
     "push": """examples:
   bcosify push r50-bcos org/resnet50-bcos              # after `hf auth login`
@@ -113,7 +114,15 @@ def _parser() -> argparse.ArgumentParser:
     p = add("explain", "explain images with a converted model; one figure per image")
     p.add_argument("model_dir", help="a directory written by `bcosify convert`, or hf-hub:org/name")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--target", type=int, default=None, help="class to explain (default: top-1)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--target", type=int, default=None, help="class to explain (default: top-1)")
+    which.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="explain the K highest classes of each image (one forward and batched backward "
+        "passes); one figure per image and class, <image>_class<C>.png",
+    )
     p.add_argument("--out", required=True, help="output directory for the figures")
     p.add_argument("--overwrite", action="store_true", help="replace existing figures")
 
@@ -254,21 +263,31 @@ def _cmd_explain(args) -> int:
     images = [_open_image(p) for p in args.images]
     out = Path(args.out)
     stems = [Path(p).stem for p in args.images]
-    existing = [out / f"{s}.png" for s in stems if (out / f"{s}.png").exists()]
-    if existing and not args.overwrite:
-        raise BcosifyError(f"{existing[0]} exists; pass --overwrite to replace it")
     model = load(args.model_dir)
-    names = _class_names(model.bcosify_num_classes)
-    if args.target is not None and not 0 <= args.target < model.bcosify_num_classes:
-        raise BcosifyError(
-            f"--target must lie in [0, {model.bcosify_num_classes - 1}], got {args.target}"
-        )
+    n_classes = model.bcosify_num_classes
+    if args.top_k is not None and not 1 <= args.top_k <= n_classes:
+        raise BcosifyError(f"--top-k must lie in [1, {n_classes}], got {args.top_k}")
+    if args.top_k is None:  # the top-k figures' names are known only after the forward pass
+        existing = [out / f"{s}.png" for s in stems if (out / f"{s}.png").exists()]
+        if existing and not args.overwrite:
+            raise BcosifyError(f"{existing[0]} exists; pass --overwrite to replace it")
+    names = _class_names(n_classes)
+    if args.target is not None and not 0 <= args.target < n_classes:
+        raise BcosifyError(f"--target must lie in [0, {n_classes - 1}], got {args.target}")
+    target = args.target if args.top_k is None else f"topk:{args.top_k}"
     for stem, image in tqdm(list(zip(stems, images)), desc="explain", unit="image", disable=None):
         x = model.transform(image).unsqueeze(0)
-        e = explain(model, x, target=args.target)
-        (path,) = e.save_figures(out, names=[stem], class_names=names)
+        e = explain(model, x, target=target)
+        if args.top_k is not None and not args.overwrite:
+            taken = [out / f"{stem}_class{int(t)}.png" for t in e.target[0]]
+            if any(p.exists() for p in taken):
+                raise BcosifyError(
+                    f"{next(p for p in taken if p.exists())} exists; pass --overwrite to replace it"
+                )
+        paths = e.save_figures(out, names=[stem], class_names=names)
         tqdm.write(f"{stem}: top-5 {_top5(e.logits[0], names)}")
-        tqdm.write(f"  explained class {int(e.target[0])}, figure {path}")
+        classes = e.target[0].tolist() if e.multi_target else [int(e.target[0])]
+        tqdm.write(f"  explained class(es) {classes}, figure(s) {', '.join(map(str, paths))}")
     return 0
 
 
