@@ -31,7 +31,9 @@ def test_quick_run_writes_results(benchmark, tmp_path):
     assert explain["reference_explain_loop"]["median_s"] > 0
     assert saved["conversion"]["resnet18"]["median_s"] > 0
     table = (tmp_path / "results.md").read_text()
-    assert len(saved["targets"]) == 2 * 2 + 2 + 2
+    assert len(saved["targets"]) == 2 * 2 + 3 + 2  # forward per batch, explain, import
+    assert explain["bcosify_explain_top5"]["median_s"] > 0  # five targets per image
+    assert "5 targets per image" in table
     imp = saved["import"]
     assert imp["libraries_loaded_by_import"] == []  # the library rules load on demand
     assert imp["median_s"]["import bcosify"] > 0 and "import time" in table.lower()
