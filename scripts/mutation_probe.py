@@ -273,11 +273,17 @@ MUTATIONS: list[Mutation] = [
     ),
     # --- explain
     _m(
+        "explain: with several targets, every target's backward pass starts from the first",
+        "bcosify/explain.py",
+        ("                y[:, start].sum(), inputs,", "                y[:, 0].sum(), inputs,"),
+        "tests/test_explain.py",
+    ),
+    _m(
         "explain: constant contributions are averaged instead of summed per sample",
         "bcosify/explain.py",
         (
-            "value = (leaf.detach() * g).reshape(x.shape[0], -1).sum(1)",
-            "value = (leaf.detach() * g).reshape(x.shape[0], -1).mean(1)",
+            "value = (leaf.detach() * g).reshape(n, -1).sum(1)",
+            "value = (leaf.detach() * g).reshape(n, -1).mean(1)",
         ),
         "tests/test_explain.py",
         "tests/test_convert.py",
@@ -286,7 +292,7 @@ MUTATIONS: list[Mutation] = [
         "explain: contributions are the dynamic weights, not weights times the encoding",
         "bcosify/explain.py",
         (
-            "contributions=(x6.detach() * weights).detach(),",
+            "contributions=(encoding * weights).detach(),",
             "contributions=weights.detach(),",
         ),
         "tests/test_explain.py",
