@@ -273,6 +273,30 @@ def test_converted_model_end_to_end_scores_in_unit_interval(tmp_path):
     assert again.grids == make_grids(pool, 2, 1, 0)
 
 
+@pytest.mark.parametrize("window", [None, 16])
+def test_all_cells_of_a_grid_from_one_explanation_equal_one_per_cell(window):
+    """bcos_explainer explains every cell of a grid (or of a window) from one forward pass with
+    the cells' classes as targets; the scores equal explaining each cell on its own."""
+    torch.manual_seed(0)
+    source = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 6),
+    )  # fmt: skip
+    model = bcosify.convert(source, mean=(0.5,) * 3, std=(0.5,) * 3).eval()
+    x = torch.rand(48, 3, 16, 16)
+    calibrate(model, x)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    data = [(im, int(c)) for im, c in zip(x, pred)]
+    grouped = bcos_explainer(model)
+    assert grouped.several is not None
+    single = Explainer("one per cell", grouped.fn)
+    kwargs = dict(grid_size=2, n_grids=3, threshold=0.0, batch_size=8, window=window, stride=8)
+    r = grid_pointing_game(model, data, methods=[grouped, single], progress=False, **kwargs)
+    assert r.scores["B-cos"].std() > 0
+    np.testing.assert_allclose(r.scores["B-cos"], r.scores["one per cell"], rtol=1e-5, atol=1e-7)
+
+
 def test_vit_posthoc_baseline_uses_windows_and_gradcam_asks_for_a_layer():
     from timm.models.vision_transformer import VisionTransformer
 

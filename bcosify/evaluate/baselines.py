@@ -53,6 +53,9 @@ class Explainer:
             the correct cells: references are computed on the whole grid, neither windowed nor
             smoothed.
         reference: whether this is a reference defined by the grid layout (uniform, oracle).
+        several: optionally, ``several(images, targets) -> maps`` for several targets per
+            image: images N x C x H x W, targets N x k, maps N x k x H x W. The grid pointing
+            game then explains every cell of a grid from one call instead of one per cell.
 
     Example:
         >>> e = Explainer("gray", lambda x, t: x.mean(1))
@@ -63,6 +66,7 @@ class Explainer:
     name: str
     fn: Callable[..., Tensor]
     reference: bool = False
+    several: Callable[..., Tensor] | None = None
 
 
 def bcos_explainer(model: nn.Module, name: str = "B-cos") -> Explainer:
@@ -98,7 +102,8 @@ def bcos_explainer(model: nn.Module, name: str = "B-cos") -> Explainer:
     def fn(images: Tensor, targets: Tensor) -> Tensor:
         return explain(model, images, targets).contribution_map
 
-    return Explainer(name, fn)
+    # all cells of a grid from one forward pass (the targets as a second axis)
+    return Explainer(name, fn, several=fn)
 
 
 def _captum(what: str) -> Any:

@@ -532,39 +532,65 @@ def _needs_window(model: nn.Module, channels: int, size: int, norm) -> str:
 
 def _attribute(
     method: Explainer,
-    images: Tensor,
+    grids: Tensor,
     targets: Tensor,
     masks: Tensor,
     window: int | None,
     stride: int | None,
     chunk: int,
 ) -> Tensor:
+    """The maps of every cell of every grid: G grids, targets G x cells, masks (G cells) x H x W;
+    returns (G cells) x H x W. A method that explains several targets at once gets each grid
+    (or window) once with all its cells' classes; the others get it once per cell."""
     if method.reference:
         return _checked(method, method.fn(masks), masks.shape).to(masks.device).float()
-    n, _, height, width = images.shape
+    g, cells = targets.shape
+    _, _, height, width = grids.shape
+    explain_crop = _several if method.several is not None else _one_per_cell
     if window is None:
-        out = []
-        for i in range(0, n, chunk):
-            part = method.fn(images[i : i + chunk], targets[i : i + chunk])
-            out.append(_checked(method, part, (min(chunk, n - i), height, width)))
-        return torch.cat(out).to(images.device).float()
-    total = torch.zeros(n, height, width, device=images.device)
+        return explain_crop(method, grids, targets, chunk).to(grids.device).float()
+    total = torch.zeros(g * cells, height, width, device=grids.device)
     for y in window_positions(height, window, stride):
         for x in window_positions(width, window, stride):
-            crop = images[:, :, y : y + window, x : x + window]
-            for i in range(0, n, chunk):
-                part = method.fn(crop[i : i + chunk], targets[i : i + chunk])
-                part = _checked(method, part, (min(chunk, n - i), window, window))
-                total[i : i + chunk, y : y + window, x : x + window] += part.to(total.device)
+            crop = grids[:, :, y : y + window, x : x + window]
+            part = explain_crop(method, crop, targets, chunk)
+            total[:, y : y + window, x : x + window] += part.to(total.device)
     return total
+
+
+def _one_per_cell(method: Explainer, grids: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """(G cells) x H x W maps, each grid repeated once per cell, ``chunk`` images a call."""
+    images = grids.repeat_interleave(targets.shape[1], 0)
+    flat = targets.reshape(-1)
+    n, _, height, width = images.shape
+    out = []
+    for i in range(0, n, chunk):
+        part = method.fn(images[i : i + chunk], flat[i : i + chunk])
+        out.append(_checked(method, part, (min(chunk, n - i), height, width)))
+    return torch.cat(out)
+
+
+def _several(method: Explainer, grids: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """(G cells) x H x W maps, each grid explained once for all its cells' classes, about
+    ``chunk`` maps a call."""
+    g, cells = targets.shape
+    _, _, height, width = grids.shape
+    per_call = max(1, chunk // cells)
+    out = []
+    for i in range(0, g, per_call):
+        part = method.several(grids[i : i + per_call], targets[i : i + per_call])
+        part = _checked(method, part, (min(per_call, g - i), cells, height, width))
+        out.append(part.reshape(-1, height, width))
+    return torch.cat(out)
 
 
 def _checked(method: Explainer, maps: Any, shape: Sequence[int]) -> Tensor:
     if not isinstance(maps, Tensor) or tuple(maps.shape) != tuple(shape):
         got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        what = "N x k x H x W maps (N images, k targets)" if len(shape) == 4 else "N x H x W maps"
         raise BcosifyError(
-            f"the explainer {method.name!r} must return one N x H x W map per image, expected "
-            f"{tuple(shape)}, got {got}"
+            f"the explainer {method.name!r} must return {what}, one per image and target: "
+            f"expected {tuple(shape)}, got {got}"
         )
     return maps.detach()
 
@@ -722,11 +748,10 @@ def grid_pointing_game(
             images = torch.stack(
                 [tile_grid([dataset[i][0] for i in g.indices], grid_size) for g in chunk]
             ).to(device)
-            batch = images.repeat_interleave(cells, 0)
-            targets = torch.tensor([c for g in chunk for c in g.classes], device=device)
+            targets = torch.tensor([g.classes for g in chunk], device=device)
             batch_masks = masks.repeat(len(chunk), 1, 1)
             for method in methods:
-                maps = _attribute(method, batch, targets, batch_masks, window, stride, batch_size)
+                maps = _attribute(method, images, targets, batch_masks, window, stride, batch_size)
                 if not method.reference:
                     maps = smooth_positive(maps, smooth)
                 s = cell_scores(maps, batch_masks).view(len(chunk), cells)
