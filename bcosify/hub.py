@@ -81,7 +81,9 @@ def _timm_cfg(name: Any) -> Any:
 def _source_license(source: Mapping[str, Any]) -> dict[str, str]:
     """The licence of the source weights, as model-card metadata (empty when unknown)."""
     name, weights = source.get("name"), source.get("weights")
-    if source.get("zoo") or str(name).startswith(("bcos-v2/", "bcosification/")):
+    from bcosify.sources import BCOSIFICATION_PREFIX, ZOO_PREFIX
+
+    if source.get("zoo") or str(name).startswith((ZOO_PREFIX, BCOSIFICATION_PREFIX)):
         return dict(_RELEASE_LICENSE)  # a published model, or a conversion of a standard ViT
     if weights in (None, "none", "file") or not isinstance(name, str):
         return {}  # random weights or a file of unknown origin

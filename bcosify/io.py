@@ -275,10 +275,10 @@ def load(
         >>> load(path)(torch.rand(1, 3, 64, 64)).shape
         torch.Size([1, 1000])
     """
-    hub_repo = None
-    if isinstance(directory, str) and directory.startswith("hf-hub:"):
-        from bcosify import hub
+    from bcosify import hub  # light: huggingface_hub loads only when a hub name is given
 
+    hub_repo = None
+    if isinstance(directory, str) and directory.startswith(hub.HF_PREFIX):
         root = hub.download(directory)
         hub_repo = directory[len(hub.HF_PREFIX) :]
     else:

@@ -137,10 +137,11 @@ def _device(name: str) -> Any:
 
 
 def _main_model(args, device) -> tuple[Any, str]:
+    from bcosify.hub import HF_PREFIX
     from bcosify.io import load
     from bcosify.sources import build_model
 
-    if args.model.startswith("hf-hub:"):
+    if args.model.startswith(HF_PREFIX):
         return load(args.model, map_location=device), "converted"
     path = Path(args.model).expanduser()
     if path.is_dir():

@@ -26,9 +26,10 @@ from bcosify.sources._helpers import compare_state_dicts, load_state_dict_file
 from bcosify.sources._lite0 import load_efficientnet_lite0_packaged
 from bcosify.sources._photos import demo_photos
 from bcosify.sources._registry import TIMM_PREFIX
-from bcosify.sources._zoo import ZOO_PREFIX, ZooEntry, list_zoo, zoo_entry
+from bcosify.sources._zoo import BCOSIFICATION_PREFIX, ZOO_PREFIX, ZooEntry, list_zoo, zoo_entry
 
 __all__ = [
+    "BCOSIFICATION_PREFIX",
     "TIMM_PREFIX",
     "ZOO_PREFIX",
     "ZooEntry",
