@@ -14,7 +14,8 @@ It passes when both are within 1e-5 (relative to the largest value) and the logi
 to float32 rounding (1e-6). For a standard ViT (a source model): the logits, within 1e-5, and
 bcosify's conversion of it, whose explanations must be complete (pixel part, 1e-6). For a
 B-cosification entry: the logits' pixel parts, within 1e-5, against its published procedure
-rebuilt from ``bcos``'s units (:func:`bcosification_reference`).
+rebuilt from ``bcos``'s units (:func:`bcosification_reference`; the ViTs:
+:func:`_published_vit_reference`).
 
     python scripts/zoo.py                      # every entry; writes the two files below
     python scripts/zoo.py --only resnet18 densenet121 --no-write
@@ -37,6 +38,8 @@ TOLERANCE = 1e-5
 ONE_PER_FAMILY = (
     "bcosification/resnet18",
     "bcosification/densenet121",
+    "bcosification/simple_vit_ti_patch16_224",
+    "bcosification/vitc_ti_patch1_14",
     "bcos-v2/resnet18",
     "bcos-v2/densenet121",
     "bcos-v2/vgg11_bnu",
@@ -61,7 +64,9 @@ def reference(name: str, seed: int = 0) -> torch.nn.Module:
 
     entry = zoo_entry(name)
     torch.manual_seed(seed)
-    if entry.release == "bcosification":
+    if entry.release == "bcosification" and entry.family in ("simple_vit", "vitc"):
+        model = _published_vit_reference(entry)
+    elif entry.release == "bcosification":
         model = bcosification_reference(entry)
     else:
         model = getattr(pretrained, entry.hub_name)(pretrained=False)
@@ -166,6 +171,90 @@ def bcosification_reference(entry) -> torch.nn.Module:
     pre = entry.preprocessing
     wrapper = torch.nn.Module()
     wrapper.model = _Published(net, pre.mean, pre.std)
+    wrapper.forward = wrapper.model.forward
+    return wrapper
+
+
+class _PublishedViT(_Published):
+    """A ViT B-cosified as B-cosification's public code lays it out: ``model.`` around the
+    network, the 6-channel normalised input, the classifier (norm and linear) applied to every
+    token before the mean over tokens (its ``gap_reorder``), a logit bias of ``-log(C - 1)``.
+    Written here from that layout, around ``bcos``'s standard SimpleViT."""
+
+    def forward(self, x6: torch.Tensor) -> torch.Tensor:
+        net = self.model
+        x = net.to_patch_embedding((x6 - self.shift) / self.scale)
+        pe = net.positional_embedding(x)
+        x = net.transformer(x.flatten(1, 2) + pe)
+        x = net.linear_head(x).mean(dim=1)
+        return x - math.log(x.shape[1] - 1)
+
+
+def _published_vit_reference(entry) -> torch.nn.Module:
+    """B-cosification's ViT of ``entry`` with random weights, by its published procedure on
+    ``bcos``'s standard ViT of that name: the first layer on 6 channels (the patch linear's
+    weight, laid out per pixel as ``(p1 p2 c)``, becomes ``[W / 2, -W / 2]`` per pixel; a
+    stem's first conv ``cat(W, -W) / 2``), then trained apart: perturbed here; every linear
+    layer but the q/k/v projection and every conv a B-cos unit (B=2) with its raw weight; all
+    biases removed; LayerNorm and GroupNorm detachable, without bias; GELU a detachable gate."""
+    from bcos.models import pretrained
+    from bcos.modules import BcosLinear
+    from bcos.modules.common import DetachableModule
+    from bcos.modules.norms import DetachableGroupNorm2d, DetachableLayerNorm
+
+    class Gelu(DetachableModule):  # GELU as x * Phi(x), the gate detachable
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            gate = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+            return x * (gate.detach() if self.detach else gate)
+
+    def linear_unit(layer: torch.nn.Linear) -> torch.nn.Module:
+        unit = BcosLinear(layer.in_features, layer.out_features, b=2)
+        unit.linear = torch.nn.Linear(layer.in_features, layer.out_features, bias=False)
+        with torch.no_grad():
+            unit.linear.weight.copy_(layer.weight)
+        return unit
+
+    def norm(layer: torch.nn.Module) -> torch.nn.Module:
+        if isinstance(layer, torch.nn.GroupNorm):
+            new = DetachableGroupNorm2d(layer.num_groups, layer.num_channels, layer.eps)
+        else:
+            new = DetachableLayerNorm(layer.normalized_shape, layer.eps)
+        new.bias = None
+        return new
+
+    def swap(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Conv2d):
+                setattr(module, name, _published_unit(child))
+            elif isinstance(child, torch.nn.Linear) and name != "to_qkv":
+                setattr(module, name, linear_unit(child))
+            elif isinstance(child, torch.nn.Linear):
+                child.bias = None
+            elif isinstance(child, torch.nn.GELU):
+                setattr(module, name, Gelu())
+            elif isinstance(child, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+                setattr(module, name, norm(child))
+            else:
+                swap(child)
+
+    net = getattr(pretrained, "standard_" + entry.hub_name)(pretrained=False)
+    embedding = net.to_patch_embedding
+    with torch.no_grad():
+        if hasattr(embedding, "conv_stem"):
+            first = embedding.conv_stem[0]
+            w = first.weight
+            first.in_channels = 6
+            w6 = torch.cat([w, -w], 1) / 2
+        else:
+            first = embedding.linear
+            w = first.weight.view(first.out_features, -1, 3)
+            first.in_features *= 2
+            w6 = torch.cat([w / 2, -w / 2], 2).flatten(1)
+        first.weight = torch.nn.Parameter(w6 + 0.01 * torch.randn_like(w6))
+    swap(net)
+    pre = entry.preprocessing
+    wrapper = torch.nn.Module()
+    wrapper.model = _PublishedViT(net, pre.mean, pre.std)
     wrapper.forward = wrapper.model.forward
     return wrapper
 
@@ -281,13 +370,17 @@ def markdown(rows: list[dict[str, object]], results: dict[str, dict[str, object]
         "  `bcosify.convert`. The ResNets, ResNeXt and DenseNets are bcosify's conversions of",
         "  the torchvision models of the same name; VGG-11-BNU, the ConvNeXts and the ViTs",
         "  differ from any torchvision model, and bcosify builds them from its own B-cos layers.",
-        "- `bcosification/NAME`: the B-cosified CNNs of B-cosification (Arya et al., NeurIPS",
-        "  2024; https://github.com/shrebox/B-cosification): torchvision's ResNet-18/50 and",
-        "  DenseNet-121 converted as there (raw weights, ReLU kept, the first layer's patch norm",
-        "  on the normalised input). Their release lists no file names or hashes to check, so",
-        "  their checkpoints load from a local file (`weights=PATH`; a Lightning checkpoint's",
-        "  `state_dict` and its `model.` prefixes are unwrapped, the 6-channel first layer is",
-        "  folded onto bcosify's bias-free input encoding).",
+        "- `bcosification/NAME`: the B-cosified models of B-cosification (Arya et al., NeurIPS",
+        "  2024; https://github.com/shrebox/B-cosification). The CNNs are torchvision's",
+        "  ResNet-18/50 and DenseNet-121 converted as there (raw weights, ReLU kept, the first",
+        "  layer's patch norm on the normalised input; the 6-channel first layer is folded onto",
+        "  bcosify's bias-free input encoding). The ViTs are B-cos v2's standard SimpleViTs and",
+        "  ViT-Cs B-cosified as in its `bcosifyv2_NAME_0.001[_lrWarmup]_gapReorder` experiments",
+        "  (raw weights, no biases, GELU kept as a detachable gate, the classifier before the",
+        "  mean over tokens); bcosify builds them with their trained 6-channel first layer,",
+        "  which takes the normalised encoding `[h, -h]`. The release lists no file names or",
+        "  hashes to check, so checkpoints load from a local file (`weights=PATH`; a Lightning",
+        "  checkpoint's `state_dict` and its `model.` prefixes are unwrapped).",
         "",
         "**Verified** means: with random weights (norm scales drawn at random, BatchNorm",
         "statistics from a random batch), in float64,",
@@ -299,12 +392,14 @@ def markdown(rows: list[dict[str, object]], results: dict[str, dict[str, object]
         f"- a standard ViT computes the same logits as `bcos`'s, to {TOLERANCE:g}, and bcosify's",
         "  conversion of it explains completely (pixel part, 1e-6);",
         "- a B-cosification entry computes the same logits (pixel part) as its published",
-        "  procedure applied with `bcos`'s units to torchvision's model and laid out as its",
-        "  checkpoints are (`scripts/zoo.py`, `bcosification_reference`: written from the",
-        f"  repository's public code, which cannot be installed here), to {TOLERANCE:g}; its",
-        "  residual (~1e-6) is the float32 rounding of the first layer's normalisation",
-        "  constants. Its dynamic weights are not compared: the published ones are taken with",
-        "  respect to the normalised input, bcosify's with respect to `[x, 1 - x]`.",
+        "  procedure applied with `bcos`'s units to torchvision's model (the CNNs) or to `bcos`'s",
+        "  standard ViT of that name (the ViTs), laid out as its checkpoints are",
+        "  (`scripts/zoo.py`, `bcosification_reference` and `_published_vit_reference`: written",
+        f"  from the repository's public code, which cannot be installed here), to {TOLERANCE:g};",
+        "  the residual (~1e-6 for the CNNs, ~1e-9 for the ViTs) is the float32 rounding of the",
+        "  input normalisation's constants. Dynamic weights are not compared: the published",
+        "  ones are taken with respect to the normalised input, bcosify's with respect to",
+        "  `[x, 1 - x]`.",
         "",
         "Errors are the largest absolute difference over the largest value.",
         "",

@@ -172,10 +172,11 @@ def _build_and_convert(args):
 
     from bcosify.config import BcosConfig
     from bcosify.convert import convert
-    from bcosify.sources import ZOO_PREFIX, build_model, zoo_entry
+    from bcosify.sources import BCOSIFICATION_PREFIX, ZOO_PREFIX, build_model, zoo_entry
 
     config = _config(args)
-    if args.model.startswith(ZOO_PREFIX) and zoo_entry(args.model).bcos:
+    published = args.model.startswith((ZOO_PREFIX, BCOSIFICATION_PREFIX))
+    if published and zoo_entry(args.model).bcos:
         # a published B-cos model: built converted (a standard ViT is a source, converted below)
         if config != BcosConfig() or args.input_size is not None:
             raise BcosifyError(

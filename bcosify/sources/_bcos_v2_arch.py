@@ -11,6 +11,11 @@ gives them a converted model's metadata, so that they explain, save, load and fi
 any converted model. Their state-dict keys are those of the published files, up to the
 ``.linear.weight`` -> ``.weight`` renaming of :func:`bcosify.sources._zoo.to_bcosify_keys`.
 
+The ViTs B-cosified by B-cosification (Arya et al., NeurIPS 2024) are built here too
+(:class:`BcosifiedSimpleViT`): their first layer takes the normalised six-channel encoding, which
+no conversion of the 3-channel standard ViT reproduces exactly (its patch norm would lack the
+factor sqrt(2) of the doubled channels), so the published first layer is kept as it was trained.
+
 The 8 standard (non-B-cos) SimpleViTs and ViT-Cs of B-cos v2 are plain PyTorch source models
 (:class:`SimpleViT`), which bcosify converts like any other. The B-cos ViTs compute their
 position embedding for the grid they are given (any image size divisible by the patch size, as
@@ -41,6 +46,19 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups
 
 def _linear(cin: int, cout: int) -> bnn.BcosLinear:
     return bnn.BcosLinear(cin, cout, b=2.0, normalize_weights=True)
+
+
+def _raw_conv(cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1):
+    """B-cosification's convolution: B=2 on the raw (not unit-norm) weight."""
+    return bnn.BcosConv2d(cin, cout, k, stride, padding, groups=groups, b=2.0)
+
+
+def _raw_linear(cin: int, cout: int) -> bnn.BcosLinear:
+    return bnn.BcosLinear(cin, cout, b=2.0)
+
+
+def _gelu() -> nn.Module:
+    return bnn.GatedActivation("gelu")
 
 
 def _no_bias(norm: nn.Module) -> nn.Module:
@@ -345,6 +363,62 @@ class BcosSimpleViT(_BcosEnds, _ViT):
         self._add_ends(num_classes)
 
 
+class SignedNormalize(nn.Module):
+    """``[x, 1 - x]`` -> ``[h, -h]`` with ``h = (x - mean) / std``: B-cosification's input, the
+    encoding normalised channel-wise by ``[mean, 1 - mean]`` and ``[std, std]``, computed
+    without a bias (``h = x (1 - mean) / std - (1 - x) mean / std``), so that explanations of
+    the encoding stay exact. The constants are computed in float64 and rounded once."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+        std_t = torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        self.register_buffer("a", ((1 - mean_t) / std_t).float(), persistent=False)
+        self.register_buffer("c", (-mean_t / std_t).float(), persistent=False)
+
+    def forward(self, x6: Tensor) -> Tensor:
+        x, inv = x6.chunk(2, dim=1)
+        h = x * self.a + inv * self.c
+        return torch.cat([h, -h], dim=1)
+
+
+class BcosifiedSimpleViT(_BcosEnds, _ViT):
+    """A standard SimpleViT or ViT-C B-cosified as B-cosification publishes them (its
+    ``bcosifyv2_<name>_0.001[_lrWarmup]_gapReorder`` experiments): B-cos units (B=2) with raw
+    weights and no biases, the q/k/v projections kept linear, GELU kept as a gate detached in
+    explanation mode, LayerNorms (and the stem's GroupNorms) without bias, the classifier (norm
+    and B-cos linear) applied to every token before the mean over tokens, a logit bias of
+    ``-log(C - 1)``. Its first layer (the patch embedding, or the stem's first convolution)
+    takes the six channels ``[h, -h]`` of :class:`SignedNormalize`, as trained."""
+
+    def __init__(
+        self,
+        cfg: ViTConfig,
+        num_classes: int = 1000,
+        mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+        std: tuple[float, ...] = (0.229, 0.224, 0.225),
+    ):
+        super().__init__(
+            cfg,
+            num_classes,
+            channels=6,
+            linear=_raw_linear,
+            out_linear=_raw_linear,
+            conv=_raw_conv,
+            norm=_layer_norm,
+            norm2d=_group_layer_norm,
+            act=_gelu,
+            attend=bnn.ScaledDotProductAttention,
+            position=lambda grid, dim: SinCosPosition(dim),
+        )
+        self.normalize = SignedNormalize(mean, std)
+        self._add_ends(num_classes)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        x = self.transformer(self.position(self.to_patch_embedding(self.normalize(x))))
+        return self.linear_head(x).mean(dim=1)  # the classifier before the pooling
+
+
 class _SDPA(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v)
@@ -381,9 +455,11 @@ _CONVNEXT = {
 }
 
 
-def bcos_architecture(hub_name: str, num_classes: int) -> nn.Module:
+def bcos_architecture(hub_name: str, num_classes: int, bcosified: bool = False) -> nn.Module:
     """The untraced B-cos module of a B-cos v2 entry (its torch.hub name) that is not a
-    torchvision conversion."""
+    torchvision conversion; ``bcosified``: the B-cosification ViT of that name."""
+    if bcosified:
+        return BcosifiedSimpleViT(VIT_CONFIGS[hub_name], num_classes)
     if hub_name == "vgg11_bnu":
         return BcosVGG(_VGG11, num_classes)
     if hub_name.startswith("convnext_"):

@@ -17,7 +17,14 @@ architecture and loading the published weights under bcosify's key names (``conv
 ViT-Cs) differ from any torchvision model (a convolutional classifier, no GELU, other norms, no
 counterpart at all); bcosify builds them from its own B-cos layers
 (:mod:`bcosify.sources._bcos_v2_arch`). The 8 standard ViTs are source models, which bcosify
-converts like any other. ``scripts/zoo.py`` checks every entry against the ``bcos`` package.
+converts like any other.
+
+B-cosification (Arya et al., NeurIPS 2024; https://github.com/shrebox/B-cosification,
+Apache-2.0) publishes checkpoints of B-cosified models (``bcosification/`` names): its CNNs are
+bcosify conversions of torchvision models with its options; its ViTs, B-cosified from the
+standard ViTs above, are built by bcosify
+(:class:`~bcosify.sources._bcos_v2_arch.BcosifiedSimpleViT`). ``scripts/zoo.py`` checks every
+entry against the ``bcos`` package.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ ZOO_PREFIX = "bcos-v2/"
 """Prefix of the published B-cos v2 models in :func:`bcosify.build_model`."""
 
 BCOSIFICATION_PREFIX = "bcosification/"
-"""Prefix of the published B-cosified CNNs (Arya et al., NeurIPS 2024) in
+"""Prefix of the published B-cosified CNNs and ViTs (Arya et al., NeurIPS 2024) in
 :func:`bcosify.build_model`."""
 
 _BCOSIFICATION_RELEASE = "https://github.com/shrebox/B-cosification/releases/tag/v0.0.1-checkpoints"
@@ -64,6 +71,7 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _CONVERTIBLE = ("resnet", "densenet")
+_VIT_FAMILIES = ("simple_vit", "vitc")
 """Families whose B-cos v2 models are conversions of the torchvision model of the same name;
 the others are built by bcosify directly (:mod:`bcosify.sources._bcos_v2_arch`)."""
 
@@ -130,6 +138,8 @@ class ZooEntry:
         and take the raw ``[x, 1 - x]``; B-cosification keeps the raw weights, keeps ReLU and
         takes the patch norm of the first layer on the normalised encoding."""
         if self.release == "bcosification":
+            if self.family in _VIT_FAMILIES:  # GELU is kept as a gate whatever the option
+                return BcosConfig(first_layer_norm="normalized")
             return BcosConfig(activation="keep", first_layer_norm="normalized")
         return BcosConfig(normalize_weights=True)
 
@@ -197,14 +207,18 @@ def _entries() -> dict[str, ZooEntry]:
         name = ZOO_PREFIX + "standard_" + hub
         out[name] = ZooEntry(name, family, None, file, acc, bcos=False)
     # B-cosification (Arya et al., NeurIPS 2024): the CNN configs of its ImageNet experiments,
-    # converted from torchvision's weights (resnet50: V2; resnet50_v1: V1). Its release lists no
-    # file names or hashes bcosify could check: weights come from a local file.
-    for name, family, arch in (
+    # converted from torchvision's weights (resnet50: V2; resnet50_v1: V1), and its ViTs,
+    # B-cosified from B-cos v2's standard ViTs (built by bcosify). Its release lists no file
+    # names or hashes bcosify could check: weights come from a local file.
+    bcosified = [
         ("resnet18", "resnet", "resnet18"),
         ("resnet50", "resnet", "resnet50"),
         ("resnet50_v1", "resnet", "resnet50"),
         ("densenet121", "densenet", "densenet121"),
-    ):
+    ]
+    for hub, family, _ in standard:
+        bcosified.append((hub, family, None))
+    for name, family, arch in bcosified:
         key = BCOSIFICATION_PREFIX + name
         out[key] = ZooEntry(key, family, arch, None, None)
     return out
@@ -355,6 +369,7 @@ def to_bcosify_keys(
         if (
             entry is not None
             and entry.release == "bcosification"
+            and entry.converted  # the built ViTs keep the published first layer
             and new != key  # a published unit, not a file in bcosify's layout
             and want is not None
             and want.dim() == 4
@@ -392,14 +407,16 @@ def _build_native(entry: ZooEntry, num_classes: int) -> torch.fx.GraphModule:
     from bcosify.report import ConversionReport
     from bcosify.sources._bcos_v2_arch import bcos_architecture, trace_native
 
-    gm = trace_native(bcos_architecture(entry.hub_name, num_classes))
+    bcosified = entry.release == "bcosification"
+    gm = trace_native(bcos_architecture(entry.hub_name, num_classes, bcosified))
     config = entry.config
     pre = entry.preprocessing
     report = ConversionReport(
         model=type(gm).__name__, config=config.to_dict(), mean=pre.mean, std=pre.std
     )
     report.num_classes = num_classes
-    report.add("built", f"the B-cos v2 {entry.family} architecture, built by bcosify", "")
+    made = "B-cosification" if bcosified else "B-cos v2"
+    report.add("built", f"the {made} {entry.family} architecture, built by bcosify", "")
     source = {"name": None, "num_classes": num_classes, "weights": "none", "zoo": entry.name}
     source["architecture_sha256"] = metadata.architecture_fingerprint(gm)
     metadata.attach(
@@ -477,7 +494,7 @@ def list_zoo() -> list[dict[str, object]]:
     Example:
         >>> rows = list_zoo()
         >>> len(rows), sum(r["kind"] == "B-cos" for r in rows)
-        (38, 30)
+        (46, 38)
     """
     checked = _verification()
     return [
