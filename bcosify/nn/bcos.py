@@ -49,6 +49,26 @@ def _path(module: DetachableModule, x: Tensor, weight: Tensor) -> str:
     return _EXPLAIN if module.explanation_mode else _PLAIN
 
 
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def _scaled(unit: nn.Module, x: Tensor, out: Tensor, path: str, fold: bool) -> Tensor:
+    """``unit._bcos_scale(x, out, ...)``, in float32 when ``out`` or ``x`` is in half precision
+    or autocast is on: the patch norm (a sum of squares, which overflows float16 and keeps 3
+    significant digits in bfloat16) and the dynamic scale are computed in float32 with autocast
+    off, as autocast does for norms and reductions. Under autocast the result stays float32
+    (the next layer casts it); with half-precision weights it is cast back to their dtype."""
+    if torch.jit.is_scripting() or isinstance(out, torch.fx.Proxy):
+        return unit._bcos_scale(x, out, path, fold)
+    device = out.device.type
+    autocast = torch.is_autocast_enabled(device)
+    if not autocast and out.dtype not in _REDUCED and x.dtype not in _REDUCED:
+        return unit._bcos_scale(x, out, path, fold)
+    with torch.autocast(device, enabled=False):
+        scaled = unit._bcos_scale(x.float(), out.float(), path, fold)
+    return scaled if autocast else scaled.to(out.dtype)
+
+
 def _dynamic_scale(out: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
     """``|cos|^(B-1)`` with ``cos = out / norm``, differentiable (the plain path)."""
     if detach:
@@ -305,7 +325,7 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
         if self.max_out > 1:
             out = out.unflatten(1, (-1, self.max_out)).amax(2)
         if self.b != 1:
-            out = self._bcos_scale(x, out, path, fold)
+            out = _scaled(self, x, out, path, fold)
         if self.bias is not None:
             out = add_constant(self, "bias", out, self.bias.view(1, -1, 1, 1))
         return out
@@ -411,7 +431,7 @@ class BcosLinear(DetachableModule, nn.Linear):
         if self.max_out > 1:
             out = out.unflatten(-1, (-1, self.max_out)).amax(-1)
         if self.b != 1:
-            out = self._bcos_scale(x, out, path, fold)
+            out = _scaled(self, x, out, path, fold)
         if self.bias is not None:
             out = add_constant(self, "bias", out, self.bias)
         return out
