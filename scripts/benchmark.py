@@ -9,6 +9,9 @@ For every architecture (default: resnet50 and densenet121 at 224 px, B=2) it mea
 * the peak memory of each forward pass, and of the explanations, in a fresh subprocess per model;
 * the explanation latency: ``bcosify.explain`` on one batch vs the reference ``model.explain``
   called once per image;
+* one training step (forward, cross-entropy, backward, AdamW step; ``--train-batch`` images at
+  ``--train-size`` px, under ``--amp`` autocast if given) of each contender, with its peak
+  memory on a GPU;
 
 and the conversion time of resnet50 and vit_b_16. Timings are interleaved: every round runs each
 contender once (in a rotating order), so ratios are taken between runs that saw the same machine
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -268,6 +272,65 @@ def bench_explain(arch, models, batch, size, rounds, warmup, device) -> dict:
         ),
     }
     print(f"  explain {arch} batch {batch}: " + _fmt_ratios(entry["ratios"]), flush=True)
+    return entry
+
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train_step_fn(model: nn.Module, kind: str, batch: int, size: int, device, amp: str):
+    """One optimiser step of ``model`` (train mode, AdamW, cross-entropy on random labels),
+    under autocast when ``amp`` is ``bf16`` or ``fp16`` (fp16 with a gradient scaler)."""
+    model.train()
+    x = make_input(kind, batch, size, device, seed=3)
+    classes = model.bcosify_num_classes if hasattr(model, "bcosify_num_classes") else 1000
+    y = torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(4))
+    y = y.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    dtype = AMP_DTYPES[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss.detach()
+
+    return step
+
+
+def bench_train(arch, models, batch, size, rounds, warmup, device, amp) -> dict:
+    """Training steps of every contender, interleaved; on a GPU also their peak memory."""
+    fns = {k: train_step_fn(models[k], k, batch, size, device, amp) for k in models}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        times = interleaved(fns, rounds, warmup, device)
+        entry = {k: summary(times[k], batch) for k in models}
+        if device.type == "cuda":
+            for k, fn in fns.items():
+                torch.cuda.synchronize(device)
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                fn()
+                torch.cuda.synchronize(device)
+                peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+                entry[k]["peak_mib"] = peak
+    losses = {k: float(fn()) for k, fn in fns.items()}
+    entry.update(
+        batch=batch, size=size, amp=amp, loss_finite=all(map(math.isfinite, losses.values()))
+    )
+    entry["ratios"] = {
+        "bcosify_default/original": ratios(times, "bcosify_default", "original"),
+        "bcosify/original": ratios(times, "bcosify", "original"),
+        "bcosify/reference": ratios(times, "bcosify", "reference"),
+        "reference/original": ratios(times, "reference", "original"),
+    }
+    for model in models.values():
+        model.eval()
+    print(f"  train step {arch} batch {batch}: " + _fmt_ratios(entry["ratios"]), flush=True)
     return entry
 
 
@@ -557,6 +620,27 @@ def markdown(results: dict) -> str:
         for name, r in e["ratios"].items():
             lines.append(f"- {name}: {r['wall']:.2f} ({r['cpu']:.2f})")
         lines.append("")
+        t = res.get("train")
+        if t:
+            amp = "" if t["amp"] == "none" else f", {t['amp']} autocast"
+            lines += [
+                f"#### {arch}: one training step (batch {t['batch']}, {t['size']} px{amp})",
+                "",
+                "| model | latency ms | img/s | peak MiB |",
+                "| --- | --- | --- | --- |",
+            ]
+            for kind in KINDS:
+                peak = t[kind].get("peak_mib")
+                lines.append(
+                    f"| {KIND_LABELS[kind]} | {_ms(t[kind]['median_s'])} | "
+                    f"{t[kind]['throughput_per_s']:.1f} | "
+                    f"{f'{peak:,.0f}' if peak is not None else '–'} |"
+                )
+            lines.append("")
+            for name, r in t["ratios"].items():
+                lines.append(f"- {name}: {r['wall']:.2f} ({r['cpu']:.2f})")
+            lines.append(f"- loss finite: {'yes' if t['loss_finite'] else '**no**'}")
+            lines.append("")
     lines += ["#### Conversion time (`bcosify.convert`, default config)", ""]
     lines += ["| model | time s |", "| --- | --- |"]
     for arch, c in results["conversion"].items():
@@ -616,6 +700,13 @@ def targets(results: dict) -> list[dict]:
             e["explain top-5/explain"],
             2.5,
         )
+        t = res.get("train")
+        if t:
+            add(
+                f"{arch}: training step, bcosify (default) / original ≤ 1.2",
+                t["ratios"]["bcosify_default/original"],
+                1.2,
+            )
         add(
             f"{arch}: explain + to_rgba throughput / reference loop ≥ 1.5",
             e["throughput bcosify_explain_rgba/reference_loop"],
@@ -658,6 +749,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--explain-rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--train-batch", type=int, default=16, help="training step batch (0: skip)")
+    p.add_argument("--train-size", type=int, default=160, help="training step image size")
+    p.add_argument("--train-rounds", type=int, default=5)
+    p.add_argument(
+        "--amp", choices=sorted(AMP_DTYPES), default="none", help="training step autocast"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--convert-archs", default="resnet50,vit_b_16")
@@ -676,6 +773,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             size=64,
             rounds=1,
             explain_rounds=1,
+            train_batch=2,
+            train_size=64,
+            train_rounds=1,
             convert_archs="resnet18",
             import_repeats=1,
         )
@@ -729,6 +829,17 @@ def main(argv=None) -> dict | None:
                 device,
             ),
         }
+        if args.train_batch:
+            res["train"] = bench_train(
+                arch,
+                models,
+                args.train_batch,
+                args.train_size,
+                args.train_rounds,
+                args.warmup,
+                device,
+                args.amp,
+            )
         del models
         gc.collect()
         if not args.no_memory:

@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,12 @@ def test_quick_run_writes_results(benchmark, tmp_path):
     assert explain["reference_explain_loop"]["median_s"] > 0
     assert saved["conversion"]["resnet18"]["median_s"] > 0
     table = (tmp_path / "results.md").read_text()
-    assert len(saved["targets"]) == 2 * 2 + 3 + 2  # forward per batch, explain, import
+    # forward per batch, explain (3), the training step, import
+    assert len(saved["targets"]) == 2 * 2 + 3 + 1 + 2
+    train = saved["architectures"]["resnet18"]["train"]
+    assert train["loss_finite"] and train["amp"] == "none"
+    assert all(train[kind]["median_s"] > 0 for kind in benchmark.KINDS)
+    assert "one training step (batch 2, 64 px)" in table
     assert explain["bcosify_explain_top5"]["median_s"] > 0  # five targets per image
     assert "5 targets per image" in table
     imp = saved["import"]
@@ -52,3 +59,24 @@ def test_memory_is_measured_in_a_subprocess(benchmark):
     # 8 images at 64 px: the stem's output alone is 8 x 64 x 32 x 32 floats = 2 MiB
     assert out["forward_8_peak_mib"] > 2
     assert out["explain_8_peak_mib"] > out["forward_8_peak_mib"]
+
+
+def test_gpu_check_dry_run(tmp_path):
+    """scripts/gpu_check.sh on the CPU with small sizes (the GPU check's dry run): the
+    benchmark with its bf16 training step, explanations under bf16/fp16 autocast, and a short
+    bf16 fine-tune through the recipes' loader, all written to the output directory."""
+    root = SCRIPT.parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    cmd = ["bash", str(root / "scripts" / "gpu_check.sh"), "--device", "cpu", "--quick"]
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    bench = json.loads((tmp_path / "benchmark" / "results.json").read_text())
+    train = bench["architectures"]["resnet18"]["train"]
+    assert train["amp"] == "bf16" and train["loss_finite"]
+    check = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert check["mixed_precision"]["bf16"]["pixel_completeness"] <= 1e-2
+    assert check["mixed_precision"]["bf16"]["finite"] and check["mixed_precision"]["fp16"]["finite"]
+    assert check["finetune"]["loss_finite"] and check["finetune"]["steps"] == 4
+    assert "bf16 completeness ≤ 1e-2: yes" in (tmp_path / "gpu_check.md").read_text()

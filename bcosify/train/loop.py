@@ -163,6 +163,8 @@ class _Run:
         self.teacher_normalize: Any = None
         self.align_nodes: list = []
         self.taps: Any = None  # the student's feature taps (train.loss: align)
+        self.compiled: Any = None  # torch.compile of the student (train.compile), until it fails
+        self.compiled_ok = False
         self.fixed_images: torch.Tensor | None = None
         self.steps_per_epoch: int | None = None
         self.batches_per_epoch: int | None = None
@@ -258,6 +260,7 @@ class _Run:
             teacher.to(acc.device)
 
         self.student, self.optimizer, self.scheduler, self.ema = student, optimizer, scheduler, ema
+        self.compiled = self._compile(student)
         self.teacher = teacher
         self.loss_fn = self._loss()
         self.target_b = _target_b(acc.unwrap_model(student))
@@ -611,7 +614,7 @@ class _Run:
         if self.taps is not None:
             loss, parts = self._align_loss(model, images)
         else:
-            logits = model(images)
+            logits = self._forward(model, images)
             if self.teacher is not None:
                 with torch.no_grad(), self.accelerator.autocast():
                     target = self._teacher_logits(images)
@@ -675,6 +678,51 @@ class _Run:
             if hasattr(cb, "on_step_end"):
                 cb.on_step_end(state, acc.unwrap_model(model))
         return self._done()
+
+    def _compile(self, student: nn.Module) -> Any:
+        """``torch.compile`` of the (prepared) student for the training forward, or None. It
+        shares the student's parameters; evaluation, explanations and saving use the student."""
+        option = self.recipe.train.compile
+        if option is False:
+            return None
+        if self.taps is not None:
+            self.accelerator.print(
+                "train.compile: not used with train.loss: align (its feature taps are forward "
+                "hooks); training eagerly"
+            )
+            return None
+        backend = "inductor" if option is True else str(option)
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in known:
+            raise RecipeError(
+                f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor), "
+                f"false, or one of {known}"
+            )
+        return torch.compile(student, backend=backend)
+
+    def _forward(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The training forward: compiled when ``train.compile`` is set and compiling worked.
+        Compilation happens at the first call; if it fails, the run continues eagerly."""
+        if self.compiled is None:
+            return model(images)
+        if self.compiled_ok:
+            return self.compiled(images)
+        try:
+            logits = self.compiled(images)
+        except Exception as e:  # any backend failure (no C++ compiler, unsupported op, ...)
+            root: BaseException = e  # the backend's own error, not dynamo's wrapper
+            while isinstance(getattr(root, "inner_exception", None) or root.__cause__, Exception):
+                root = getattr(root, "inner_exception", None) or root.__cause__
+            lines = str(root).strip().splitlines()
+            reason = f"{type(root).__name__}: {lines[0][:300]}" if lines else type(root).__name__
+            self.accelerator.print(
+                f"train.compile: torch.compile failed ({type(e).__name__}, {reason}); training "
+                "continues eagerly (set train.compile: false to skip the attempt)"
+            )
+            self.compiled = None
+            return model(images)
+        self.compiled_ok = True
+        return logits
 
     def _align_loss(self, model, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
         acc = self.accelerator

@@ -178,6 +178,9 @@ class TrainSection:
     grad_accum_steps: int = 1
     agc: float | None = None  # adaptive gradient clipping factor (0.01 in the papers)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # torch.compile the training forward: true (inductor) or a torch.compile backend name
+    # ("aot_eager", ...). If compiling fails, training goes on eagerly, with a message.
+    compile: bool | str = False
     cpu: bool = False  # run on the CPU even when a GPU is present
     b_ramp_steps: int = 0  # ramp B linearly from 1 to the model's B over this many steps
     # Re-estimate BatchNorm running variances on this many training batches before the first
