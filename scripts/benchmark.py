@@ -302,13 +302,20 @@ def train_step_fn(model: nn.Module, kind: str, batch: int, size: int, device, am
     return step
 
 
-def bench_train(arch, models, batch, size, rounds, warmup, device, amp) -> dict:
-    """Training steps of every contender, interleaved; on a GPU also their peak memory."""
+def bench_train(arch, models, batch, size, rounds, warmup, device, amp, compile_=False) -> dict:
+    """Training steps of every contender, interleaved; on a GPU also their peak memory. With
+    ``compile_``, also the original and bcosify's default model under ``torch.compile``
+    (inductor; compiled during the warm-up)."""
     fns = {k: train_step_fn(models[k], k, batch, size, device, amp) for k in models}
+    if compile_:
+        for k in ("original", "bcosify_default"):
+            compiled = torch.compile(models[k])
+            fns[f"{k}_compiled"] = train_step_fn(compiled, k, batch, size, device, amp)
+        warmup = max(warmup, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         times = interleaved(fns, rounds, warmup, device)
-        entry = {k: summary(times[k], batch) for k in models}
+        entry = {k: summary(times[k], batch) for k in fns}
         if device.type == "cuda":
             for k, fn in fns.items():
                 torch.cuda.synchronize(device)
@@ -323,6 +330,19 @@ def bench_train(arch, models, batch, size, rounds, warmup, device, amp) -> dict:
         batch=batch, size=size, amp=amp, loss_finite=all(map(math.isfinite, losses.values()))
     )
     entry["ratios"] = {
+        **(
+            {
+                "compiled bcosify_default/original": ratios(
+                    times, "bcosify_default_compiled", "original_compiled"
+                ),
+                "bcosify_default compiled/eager": ratios(
+                    times, "bcosify_default_compiled", "bcosify_default"
+                ),
+                "original compiled/eager": ratios(times, "original_compiled", "original"),
+            }
+            if compile_
+            else {}
+        ),
         "bcosify_default/original": ratios(times, "bcosify_default", "original"),
         "bcosify/original": ratios(times, "bcosify", "original"),
         "bcosify/reference": ratios(times, "bcosify", "reference"),
@@ -629,10 +649,12 @@ def markdown(results: dict) -> str:
                 "| model | latency ms | img/s | peak MiB |",
                 "| --- | --- | --- | --- |",
             ]
-            for kind in KINDS:
+            for kind in [k for k in t if k.startswith(KINDS) and isinstance(t[k], dict)]:
                 peak = t[kind].get("peak_mib")
+                label = KIND_LABELS.get(kind) or KIND_LABELS[kind[: -len("_compiled")]]
+                label += ", torch.compile" if kind.endswith("_compiled") else ""
                 lines.append(
-                    f"| {KIND_LABELS[kind]} | {_ms(t[kind]['median_s'])} | "
+                    f"| {label} | {_ms(t[kind]['median_s'])} | "
                     f"{t[kind]['throughput_per_s']:.1f} | "
                     f"{f'{peak:,.0f}' if peak is not None else '–'} |"
                 )
@@ -755,6 +777,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--amp", choices=sorted(AMP_DTYPES), default="none", help="training step autocast"
     )
+    p.add_argument(
+        "--train-compile", action="store_true", help="also time torch.compile'd training steps"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--convert-archs", default="resnet50,vit_b_16")
@@ -839,6 +864,7 @@ def main(argv=None) -> dict | None:
                 args.warmup,
                 device,
                 args.amp,
+                args.train_compile,
             )
         del models
         gc.collect()
