@@ -90,6 +90,12 @@ def build(arch: str, kind: str, num_classes: int = 1000) -> nn.Module:
     return bcosify.convert(source, config).eval()
 
 
+def _has_reference(arch: str) -> bool:
+    import bcos.models.pretrained as ref_models
+
+    return hasattr(ref_models, arch)
+
+
 def make_input(kind: str, batch: int, size: int, device: torch.device, seed: int = 0):
     """The contender's natural input: a normalised image for the original, an image in [0, 1]
     for bcosify (it encodes ``[x, 1 - x]`` itself), the 6-channel ``[x, 1 - x]`` for the
@@ -343,10 +349,16 @@ def bench_train(arch, models, batch, size, rounds, warmup, device, amp, compile_
             if compile_
             else {}
         ),
-        "bcosify_default/original": ratios(times, "bcosify_default", "original"),
-        "bcosify/original": ratios(times, "bcosify", "original"),
-        "bcosify/reference": ratios(times, "bcosify", "reference"),
-        "reference/original": ratios(times, "reference", "original"),
+        **{
+            f"{a}/{b}": ratios(times, a, b)
+            for a, b in (
+                ("bcosify_default", "original"),
+                ("bcosify", "original"),
+                ("bcosify", "reference"),
+                ("reference", "original"),
+            )
+            if a in times and b in times
+        },
     }
     for model in models.values():
         model.eval()
@@ -582,64 +594,67 @@ def markdown(results: dict) -> str:
         "",
     ]
     for arch, res in results["architectures"].items():
-        lines += [f"#### {arch}: forward", ""]
-        batches = list(res["forward"])
-        head = "| model | " + " | ".join(
-            f"batch {b}: latency ms | img/s | peak MiB" for b in batches
-        )
-        lines += [head + " |", "| --- |" + " --- | --- | --- |" * len(batches)]
-        mem = res.get("memory", {})
-        for kind in KINDS:
-            cells = []
-            for b in batches:
-                f = res["forward"][b][kind]
-                peak = mem.get(kind, {}).get(f"forward_{b}_peak_mib")
-                cells += [
-                    _ms(f["median_s"]),
-                    f"{f['throughput_per_s']:.1f}",
-                    f"{peak:,.0f}" if peak is not None else "–",
+        if "forward" in res:
+            lines += [f"#### {arch}: forward", ""]
+            batches = list(res["forward"])
+            head = "| model | " + " | ".join(
+                f"batch {b}: latency ms | img/s | peak MiB" for b in batches
+            )
+            lines += [head + " |", "| --- |" + " --- | --- | --- |" * len(batches)]
+            mem = res.get("memory", {})
+            for kind in KINDS:
+                cells = []
+                for b in batches:
+                    f = res["forward"][b][kind]
+                    peak = mem.get(kind, {}).get(f"forward_{b}_peak_mib")
+                    cells += [
+                        _ms(f["median_s"]),
+                        f"{f['throughput_per_s']:.1f}",
+                        f"{peak:,.0f}" if peak is not None else "–",
+                    ]
+                lines.append(f"| {KIND_LABELS[kind]} | " + " | ".join(cells) + " |")
+            lines += ["", "| ratio | " + " | ".join(f"batch {b}" for b in batches) + " |"]
+            lines.append("| --- |" + " --- |" * len(batches))
+            for name in res["forward"][batches[0]]["ratios"]:
+                cells = [
+                    f"{res['forward'][b]['ratios'][name]['wall']:.2f} "
+                    f"({res['forward'][b]['ratios'][name]['cpu']:.2f})"
+                    for b in batches
                 ]
-            lines.append(f"| {KIND_LABELS[kind]} | " + " | ".join(cells) + " |")
-        lines += ["", "| ratio | " + " | ".join(f"batch {b}" for b in batches) + " |"]
-        lines.append("| --- |" + " --- |" * len(batches))
-        for name in res["forward"][batches[0]]["ratios"]:
-            cells = [
-                f"{res['forward'][b]['ratios'][name]['wall']:.2f} "
-                f"({res['forward'][b]['ratios'][name]['cpu']:.2f})"
-                for b in batches
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            e = res["explain"]
+            n = e["batch"]
+            ref_mem = mem.get("reference", {}).get("explain_loop_peak_mib")
+            our_mem = mem.get("bcosify", {}).get(f"explain_{n}_peak_mib")
+            top5_mem = mem.get("bcosify", {}).get(f"explain_{n}_top5_peak_mib")
+            lines += [
+                "",
+                f"#### {arch}: explanations of {n} images",
+                "",
+                "| | latency ms | img/s | peak MiB |",
+                "| --- | --- | --- | --- |",
+                f"| bcosify `explain` (one batch of {n}) | "
+                f"{_ms(e['bcosify_explain']['median_s'])} | "
+                f"{e['bcosify_explain']['throughput_per_s']:.2f} | "
+                f"{f'{our_mem:,.0f}' if our_mem is not None else '–'} |",
+                f"| bcosify `explain`, 5 targets per image | "
+                f"{_ms(e['bcosify_explain_top5']['median_s'])} | "
+                f"{e['bcosify_explain_top5']['throughput_per_s']:.2f} | "
+                f"{f'{top5_mem:,.0f}' if top5_mem is not None else '–'} |",
+                f"| bcosify `explain` + `to_rgba` | {_ms(e['bcosify_explain_rgba']['median_s'])} | "
+                f"{e['bcosify_explain_rgba']['throughput_per_s']:.2f} | |",
+                f"| bcosify forward (same batch, no grad) | "
+                f"{_ms(e['bcosify_forward']['median_s'])} | "
+                f"{e['bcosify_forward']['throughput_per_s']:.2f} | |",
+                f"| reference `model.explain()` × {n} (one image each) | "
+                f"{_ms(e['reference_explain_loop']['median_s'])} | "
+                f"{e['reference_explain_loop']['throughput_per_s']:.2f} | "
+                f"{f'{ref_mem:,.0f}' if ref_mem is not None else '–'} (one image) |",
+                "",
             ]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        e = res["explain"]
-        n = e["batch"]
-        ref_mem = mem.get("reference", {}).get("explain_loop_peak_mib")
-        our_mem = mem.get("bcosify", {}).get(f"explain_{n}_peak_mib")
-        top5_mem = mem.get("bcosify", {}).get(f"explain_{n}_top5_peak_mib")
-        lines += [
-            "",
-            f"#### {arch}: explanations of {n} images",
-            "",
-            "| | latency ms | img/s | peak MiB |",
-            "| --- | --- | --- | --- |",
-            f"| bcosify `explain` (one batch of {n}) | {_ms(e['bcosify_explain']['median_s'])} | "
-            f"{e['bcosify_explain']['throughput_per_s']:.2f} | "
-            f"{f'{our_mem:,.0f}' if our_mem is not None else '–'} |",
-            f"| bcosify `explain`, 5 targets per image | "
-            f"{_ms(e['bcosify_explain_top5']['median_s'])} | "
-            f"{e['bcosify_explain_top5']['throughput_per_s']:.2f} | "
-            f"{f'{top5_mem:,.0f}' if top5_mem is not None else '–'} |",
-            f"| bcosify `explain` + `to_rgba` | {_ms(e['bcosify_explain_rgba']['median_s'])} | "
-            f"{e['bcosify_explain_rgba']['throughput_per_s']:.2f} | |",
-            f"| bcosify forward (same batch, no grad) | {_ms(e['bcosify_forward']['median_s'])} | "
-            f"{e['bcosify_forward']['throughput_per_s']:.2f} | |",
-            f"| reference `model.explain()` × {n} (one image each) | "
-            f"{_ms(e['reference_explain_loop']['median_s'])} | "
-            f"{e['reference_explain_loop']['throughput_per_s']:.2f} | "
-            f"{f'{ref_mem:,.0f}' if ref_mem is not None else '–'} (one image) |",
-            "",
-        ]
-        for name, r in e["ratios"].items():
-            lines.append(f"- {name}: {r['wall']:.2f} ({r['cpu']:.2f})")
-        lines.append("")
+            for name, r in e["ratios"].items():
+                lines.append(f"- {name}: {r['wall']:.2f} ({r['cpu']:.2f})")
+            lines.append("")
         t = res.get("train")
         if t:
             amp = "" if t["amp"] == "none" else f", {t['amp']} autocast"
@@ -663,9 +678,10 @@ def markdown(results: dict) -> str:
                 lines.append(f"- {name}: {r['wall']:.2f} ({r['cpu']:.2f})")
             lines.append(f"- loss finite: {'yes' if t['loss_finite'] else '**no**'}")
             lines.append("")
-    lines += ["#### Conversion time (`bcosify.convert`, default config)", ""]
-    lines += ["| model | time s |", "| --- | --- |"]
-    for arch, c in results["conversion"].items():
+    if results.get("conversion"):
+        lines += ["#### Conversion time (`bcosify.convert`, default config)", ""]
+        lines += ["| model | time s |", "| --- | --- |"]
+    for arch, c in results.get("conversion", {}).items():
         cell = f"{c['median_s']:.2f}" if "median_s" in c else f"unsupported: {c['unsupported']}"
         lines.append(f"| {arch} | {cell} |")
     imp = results.get("import")
@@ -710,18 +726,19 @@ def targets(results: dict) -> list[dict]:
         out.append(entry)
 
     for arch, res in results["architectures"].items():
-        for b, f in res["forward"].items():
-            r = f["ratios"]
-            add(f"{arch} b{b}: bcosify / reference forward ≤ 1.0", r["bcosify/reference"], 1)
-            add(f"{arch} b{b}: bcosify / original forward ≤ 1.3", r["bcosify/original"], 1.3)
-        e = res["explain"]["ratios"]
-        n = res["explain"]["batch"]
-        add(f"{arch}: explain / forward (batch {n}) ≤ 2.2", e["explain/forward"], 2.2)
-        add(
-            f"{arch}: explain 5 targets / 1 target (batch {n}) ≤ 2.5",
-            e["explain top-5/explain"],
-            2.5,
-        )
+        if "forward" in res:
+            for b, f in res["forward"].items():
+                r = f["ratios"]
+                add(f"{arch} b{b}: bcosify / reference forward ≤ 1.0", r["bcosify/reference"], 1)
+                add(f"{arch} b{b}: bcosify / original forward ≤ 1.3", r["bcosify/original"], 1.3)
+            e = res["explain"]["ratios"]
+            n = res["explain"]["batch"]
+            add(f"{arch}: explain / forward (batch {n}) ≤ 2.2", e["explain/forward"], 2.2)
+            add(
+                f"{arch}: explain 5 targets / 1 target (batch {n}) ≤ 2.5",
+                e["explain top-5/explain"],
+                2.5,
+            )
         t = res.get("train")
         if t:
             add(
@@ -729,12 +746,13 @@ def targets(results: dict) -> list[dict]:
                 t["ratios"]["bcosify_default/original"],
                 1.2,
             )
-        add(
-            f"{arch}: explain + to_rgba throughput / reference loop ≥ 1.5",
-            e["throughput bcosify_explain_rgba/reference_loop"],
-            1.5,
-            at_most=False,
-        )
+        if "explain" in res:
+            add(
+                f"{arch}: explain + to_rgba throughput / reference loop ≥ 1.5",
+                res["explain"]["ratios"]["throughput bcosify_explain_rgba/reference_loop"],
+                1.5,
+                at_most=False,
+            )
     imp = results.get("import")
     if imp:
         for name, value, limit in (
@@ -779,6 +797,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--train-compile", action="store_true", help="also time torch.compile'd training steps"
+    )
+    p.add_argument(
+        "--train-only",
+        action="store_true",
+        help="only the training step (original and bcosify; the reference model where bcos has "
+        "the architecture), e.g. for vit_b_16",
     )
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -839,6 +863,26 @@ def main(argv=None) -> dict | None:
     }
     for arch in args.archs.split(","):
         print(f"{arch}:", flush=True)
+        if args.train_only:
+            kinds = [k for k in KINDS if k != "reference" or _has_reference(arch)]
+            models = {kind: prepare(arch, kind, args.train_size, device) for kind in kinds}
+            res = {
+                "train": bench_train(
+                    arch,
+                    models,
+                    args.train_batch,
+                    args.train_size,
+                    args.train_rounds,
+                    args.warmup,
+                    device,
+                    args.amp,
+                    args.train_compile,
+                )
+            }
+            results["architectures"][arch] = res
+            del models
+            gc.collect()
+            continue
         models = {kind: prepare(arch, kind, args.size, device) for kind in KINDS}
         res = {
             "forward": bench_forward(
@@ -876,10 +920,11 @@ def main(argv=None) -> dict | None:
             else:
                 res["memory"] = cuda_memory(arch, batches, args.explain_batch, args.size, device)
         results["architectures"][arch] = res
-    print("conversion:", flush=True)
-    results["conversion"] = bench_conversion(args.convert_archs.split(","), repeats=3)
-    print("import:", flush=True)
-    results["import"] = bench_import(args.import_repeats)
+    if not args.train_only:
+        print("conversion:", flush=True)
+        results["conversion"] = bench_conversion(args.convert_archs.split(","), repeats=3)
+        print("import:", flush=True)
+        results["import"] = bench_import(args.import_repeats)
     results["load_average_end"] = list(os.getloadavg())
     results["total_s"] = time.perf_counter() - t_start
     results["targets"] = targets(results)

@@ -100,6 +100,18 @@ MUTATIONS: list[Mutation] = [
         "tests/test_nn.py",
     ),
     _m(
+        "nn: the training path's fused B=2 scale drops the factor 2 of the input gradient",
+        "bcosify/nn/bcos.py",
+        ("            d_x = x * d_sq.mul_(2)\n", "            d_x = x * d_sq\n"),
+        "tests/test_nn_fast.py",
+    ),
+    _m(
+        "nn: training BatchNorm's fused backward forgets the mean in the variance's gradient",
+        "bcosify/nn/norms.py",
+        (".addcmul_(x, b).sub_(mean.view(shape) * b)", ".addcmul_(x, b)"),
+        "tests/test_nn_fast.py",
+    ),
+    _m(
         "nn: uncentered BatchNorm divides by the variance, not the standard deviation",
         "bcosify/nn/norms.py",
         ("        std = (var + self.eps).sqrt()\n", "        std = var + self.eps\n"),

@@ -199,3 +199,65 @@ def test_symbolic_trace_uses_plain_ops():
     x = torch.randn(2, 3, 5, 5)
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x))
+
+
+def test_training_batchnorm_fused_equals_autograd():
+    """The fused training-mode uncentered BatchNorm (one forward, three backward passes) gives
+    the output, input and weight gradients and running variance of the plain formula, also
+    where the mean is a thousand times the spread (its exact two-pass branch)."""
+    from bcosify.nn.norms import UncenteredBatchNorm2d
+
+    torch.manual_seed(0)
+    for offset in (0.5, 2000.0):
+        x0 = torch.randn(4, 6, 5, 7, dtype=torch.float64) * torch.rand(6, 1, 1, dtype=torch.float64)
+        x0 = x0 + offset * torch.rand(6, 1, 1, dtype=torch.float64)
+        g = torch.randn_like(x0)
+        bn = UncenteredBatchNorm2d(6, momentum=0.3).double().train()
+        bn.bias = None
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+        x = x0.clone().requires_grad_(True)
+        y = bn(x)
+        y.backward(g)
+        w_grad, running = bn.weight.grad.clone(), bn.running_var.clone()
+        bn.weight.grad = None
+        bn.running_var.fill_(1.0)
+        # the plain formula, differentiated by autograd
+        xr = x0.clone().requires_grad_(True)
+        var = xr.var(dim=(0, 2, 3), unbiased=False)
+        yr = xr * (bn.weight / (var + bn.eps).sqrt()).view(1, -1, 1, 1)
+        yr.backward(g)
+        assert torch.allclose(y, yr, rtol=1e-9, atol=0)
+        assert torch.allclose(x.grad, xr.grad, rtol=1e-7, atol=1e-12)
+        assert torch.allclose(w_grad, bn.weight.grad, rtol=1e-9)
+        n = x0.numel() / 6
+        want = 0.7 * 1.0 + 0.3 * var.detach() * n / (n - 1)
+        assert torch.allclose(running, want, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("k", "stride", "pad", "size"),
+    [(3, 1, 1, 9), (1, 1, 0, 8), (1, 2, 0, 9), (3, 2, 1, 9), (7, 2, 3, 11)],
+)
+def test_training_scale_fused_equals_autograd(k, stride, pad, size):
+    """The training path's fused B=2 scale (one autograd node) has the output and the input
+    and weight gradients of the formula composed from patch_norms, to float64 rounding."""
+    from bcosify.nn.bcos import _dynamic_scale
+
+    torch.manual_seed(0)
+    conv = BcosConv2d(5, 4, k, stride, pad).double().train()
+    x0 = torch.randn(3, 5, size, size, dtype=torch.float64)
+    x = x0.clone().requires_grad_(True)
+    y = conv(x)
+    assert y.grad_fn.name().startswith("_CosScale2")
+    g = torch.randn_like(y)
+    y.backward(g)
+    w_grad = conv.weight.grad.clone()
+    conv.weight.grad = None
+    xr = x0.clone().requires_grad_(True)
+    out = conv._conv_forward(xr, conv.weight, None)
+    yr = out * _dynamic_scale(out, conv.patch_norms(xr), 2.0, False)
+    yr.backward(g)
+    assert torch.allclose(y, yr, rtol=1e-12, atol=0)
+    assert torch.allclose(x.grad, xr.grad, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(w_grad, conv.weight.grad, rtol=1e-10, atol=1e-14)

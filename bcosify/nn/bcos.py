@@ -78,6 +78,49 @@ def _dynamic_scale(out: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
     return ((out / norm).abs() + _EPS_COS).pow(b - 1)
 
 
+def _pooled_window_sums(sq: Tensor, kernel, stride, padding) -> Tensor:
+    """Sum of ``sq`` over every kernel window (zero padding), as an average pooling that does
+    not divide."""
+    return F.avg_pool2d(sq, kernel, stride, padding, divisor_override=1)
+
+
+class _CosScale2(torch.autograd.Function):
+    """The training path of a B=2 convolution's scale, ``y = out * |out| / ||x_patch||``, as
+    one autograd node: the patch norm ``sqrt(S + eps)`` with ``S`` the windowed sum of the
+    channels' squares (``avg_pool2d`` with ``divisor_override=1``). Autograd's composition of
+    the same (square, sum, window sum, sqrt, abs, division, product) records about twice as
+    many passes over the activations; the values are the same.
+
+    Backward, with ``r = 1 / sqrt(S + eps)``: ``d out = 2 g |out| r``; ``d r = sum_c g out
+    |out|``; ``d S = -r^3 d r / 2``; ``d x = 2 x W^T(d S)``, ``W^T`` the transposed window sum.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, x: Tensor, kernel, stride, padding):
+        sq = x.square().sum(1, keepdim=True)
+        s = _pooled_window_sums(sq, kernel, stride, padding)
+        inv = s.add_(_EPS_NORM).rsqrt_()
+        ctx.save_for_backward(out, x, inv)
+        ctx.window = (kernel, stride, padding)
+        return out * out.abs().mul_(inv)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        out, x, inv = ctx.saved_tensors
+        kernel, stride, padding = ctx.window
+        gt = g * out.abs()
+        d_out = gt * (2 * inv) if ctx.needs_input_grad[0] else None
+        d_x = None
+        if ctx.needs_input_grad[1]:
+            d_s = gt.mul_(out).sum(1, keepdim=True).mul_(inv.pow(3)).mul_(-0.5)
+            d_sq = torch.ops.aten.avg_pool2d_backward(
+                d_s, x[:, :1], kernel, stride, padding, False, True, 1
+            )
+            d_x = x * d_sq.mul_(2)
+        return d_out, d_x, None, None, None
+
+
 def _batch_chunks(t: Tensor) -> list[slice]:
     """Batch slices of ``t`` of at most about ``_CHUNK_BYTES`` each (one slice when ``t`` is
     small or has no batch dimension)."""
@@ -270,7 +313,7 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
             and padding[0] <= kh // 2
             and padding[1] <= kw // 2
         ):
-            return F.avg_pool2d(sq, self.kernel_size, self.stride, padding, divisor_override=1)
+            return _pooled_window_sums(sq, self.kernel_size, self.stride, padding)
         ones = sq.new_ones(sq.shape[1], 1, kh, kw)
         return F.conv2d(sq, ones, None, self.stride, padding, self.dilation, sq.shape[1])
 
@@ -330,11 +373,30 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
             out = add_constant(self, "bias", out, self.bias.view(1, -1, 1, 1))
         return out
 
+    def _fused_scale(self, x: Tensor, groups: int) -> bool:
+        """Whether the plain (training) path can use :class:`_CosScale2`: B=2 outside
+        explanation mode, one group, zero padding whose window sum is an average pooling."""
+        padding = self.padding
+        return (
+            self.b == 2
+            and groups == 1
+            and not self.explanation_mode
+            and self.padding_mode == "zeros"
+            and self.dilation == (1, 1)
+            and not isinstance(padding, str)
+            and padding[0] <= self.kernel_size[0] // 2
+            and padding[1] <= self.kernel_size[1] // 2
+            and not isinstance(x, torch.fx.Proxy)
+            and not torch.jit.is_scripting()
+        )
+
     def _bcos_scale(self, x: Tensor, out: Tensor, path: str, fold: bool) -> Tensor:
         g = self.groups
         grouped = g > 1 and out.shape[1] != g
         x = self._norm_input(x)
         if path == _PLAIN:
+            if self._fused_scale(x, g):
+                return _CosScale2.apply(out, x, self.kernel_size, self.stride, self.padding)
             norm = self.patch_norms(x)
             if not grouped:
                 return out * _dynamic_scale(out, norm, self.b, self.explanation_mode)

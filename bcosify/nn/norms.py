@@ -31,6 +31,50 @@ __all__ = [
 ]
 
 
+class _BatchScale(torch.autograd.Function):
+    """Training-mode uncentered BatchNorm without bias, ``y = x * w / sqrt(var_B(x) + eps)``
+    with ``var_B`` the biased variance over every dimension but the channels, in one forward
+    pass (two per-channel sums) and three backward passes over ``x``; autograd's composition
+    of ``var``, a division and a broadcast product makes about four times as many. Returns
+    ``y`` and the batch variance (for the running statistics; no gradient).
+
+    Backward, with ``a = w / std``, ``S = sum(g * x)`` per channel and ``n`` the elements per
+    channel: ``dx = g * a - (w / std^3) * S * (x - mean) / n``, ``dw = S / std``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, eps: float, dims: list[int], shape):
+        n = x.numel() // x.shape[1]
+        if x.device.type == "cpu":
+            # two sums: on a CPU ~10x faster than ``var`` (a Welford pass); the exact two-pass
+            # variance where the mean is so large that E[x^2] - mean^2 would cancel
+            mean = x.sum(dims) / n
+            var = x.square().sum(dims) / n - mean.square()
+            if bool((mean.square() > 1e3 * var.abs()).any()):
+                var = (x - mean.view(shape)).square().sum(dims) / n
+            var = var.clamp_min_(0)
+        else:
+            var, mean = torch.var_mean(x, dims, unbiased=False)
+        invstd = (var + eps).rsqrt()
+        scale = invstd if weight is None else weight * invstd
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.dims, ctx.shape, ctx.n = dims, shape, n
+        return x * scale.view(shape), var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor, _var_grad):
+        x, weight, mean, invstd = ctx.saved_tensors
+        shape, n = ctx.shape, ctx.n
+        s = (g * x).sum(ctx.dims)
+        w = torch.ones_like(invstd) if weight is None else weight
+        a = (w * invstd).view(shape)
+        b = (-w * invstd.pow(3) * s / n).view(shape)
+        dx = (g * a).addcmul_(x, b).sub_(mean.view(shape) * b)
+        dw = None if weight is None or not ctx.needs_input_grad[1] else s * invstd
+        return dx, dw, None, None, None
+
+
 class _UncenteredBatchNorm(DetachableModule):
     """``y = weight * x / sqrt(var + eps) + bias``; no mean is subtracted."""
 
@@ -76,6 +120,16 @@ class _UncenteredBatchNorm(DetachableModule):
         new.train(bn.training)
         return new
 
+    @torch.no_grad()
+    def _update_running_var(self, x: Tensor, var: Tensor) -> None:
+        if not (self.training and self.track_running_stats and self.running_var is not None):
+            return
+        self.num_batches_tracked.add_(1)
+        n = x.numel() / x.shape[self._channel_dim]
+        unbiased = var * (n / max(n - 1, 1))
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
+
     def _shape(self, x: Tensor) -> list[int]:
         shape = [1] * x.dim()
         shape[self._channel_dim] = -1
@@ -85,19 +139,22 @@ class _UncenteredBatchNorm(DetachableModule):
         self._check_input_dim(x)
         dims = [d for d in range(x.dim()) if d != self._channel_dim]
         use_batch = self.training or self.running_var is None
+        fused = (
+            use_batch
+            and not self.explanation_mode
+            and self.bias is None
+            and x.dim() > 2
+            and torch.is_grad_enabled()
+            and not isinstance(x, torch.fx.Proxy)
+            and not torch.jit.is_scripting()
+        )
+        if fused:
+            out, var = _BatchScale.apply(x, self.weight, self.eps, dims, self._shape(x))
+            self._update_running_var(x, var.detach())
+            return out
         if use_batch:
             var = x.var(dim=dims, unbiased=False)
-            if self.training and self.track_running_stats and self.running_var is not None:
-                with torch.no_grad():
-                    self.num_batches_tracked.add_(1)
-                    n = x.numel() / x.shape[self._channel_dim]
-                    unbiased = var * (n / max(n - 1, 1))
-                    momentum = (
-                        1.0 / float(self.num_batches_tracked)
-                        if self.momentum is None
-                        else self.momentum
-                    )
-                    self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
+            self._update_running_var(x, var)
         else:
             var = self.running_var
         std = (var + self.eps).sqrt()
