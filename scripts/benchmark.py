@@ -84,6 +84,10 @@ def build(arch: str, kind: str, num_classes: int = 1000) -> nn.Module:
             model = getattr(ref_models, arch)(pretrained=False, num_classes=num_classes)
         return model.eval()
     source = bcosify.build_model(arch, weights="none", num_classes=num_classes)
+    torch.manual_seed(0)
+    for m in source.modules():  # torchvision starts some heads at zero (ViT): no signal, and
+        if isinstance(m, nn.Linear) and not m.weight.any():  # unit-norm weights of 0 are NaN
+            nn.init.normal_(m.weight, std=0.02)
     if kind == "original":
         return source
     config = REFERENCE_CONFIG if kind == "bcosify" else DEFAULT_CONFIG

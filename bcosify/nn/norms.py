@@ -12,6 +12,7 @@ Every bias is added through :func:`add_constant`, so explanations report it as a
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mode import DetachableModule, add_constant
@@ -206,7 +207,15 @@ class DetachableLayerNorm(DetachableModule, nn.LayerNorm):
     def _affine_shape(self, x: Tensor) -> tuple[int, ...]:
         return tuple(self.normalized_shape)
 
+    _native = True  # normalises the trailing dims: torch's layer_norm kernel outside explanations
+
     def forward(self, x: Tensor) -> Tensor:
+        if self._native and not self.explanation_mode:
+            # the same function, torch's fused kernel (and its backward): faster to train
+            out = F.layer_norm(x, self.normalized_shape, self.weight, None, self.eps)
+            if self.bias is not None:
+                out = add_constant(self, "bias", out, self.bias.view(self._affine_shape(x)))
+            return out
         dims = self._norm_dims(x)
         centered = x - x.mean(dim=dims, keepdim=True)
         std = (centered.pow(2).mean(dim=dims, keepdim=True) + self.eps).sqrt()
@@ -222,6 +231,8 @@ class DetachableLayerNorm(DetachableModule, nn.LayerNorm):
 
 class DetachableLayerNorm2d(DetachableLayerNorm):
     """LayerNorm over the channels of N×C×H×W input (torchvision/timm ``LayerNorm2d``)."""
+
+    _native = False
 
     def _norm_dims(self, x: Tensor) -> tuple[int, ...]:
         return (1,)
@@ -243,6 +254,12 @@ class DetachableGroupNorm(DetachableModule, nn.GroupNorm):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if not self.explanation_mode:  # the same function, torch's fused kernel
+            out = F.group_norm(x, self.num_groups, self.weight, None, self.eps)
+            if self.bias is not None:
+                out = add_constant(self, "bias", out, self.bias.view(shape))
+            return out
         n, c = x.shape[:2]
         grouped = x.reshape(n, self.num_groups, -1)
         centered = grouped - grouped.mean(-1, keepdim=True)
