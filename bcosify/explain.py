@@ -244,28 +244,30 @@ def _gradients(y: Tensor, inputs: list[Tensor], chunk_size: int) -> tuple[Tensor
     wider passes.
     """
     k = y.shape[1]
-    parts: list[tuple[Tensor | None, ...]] = []
+    # each pass writes into one preallocated k x ... tensor per input (no list of parts to
+    # concatenate: the gradients are held once)
+    out: list[Tensor | None] = [None] * len(inputs)
     for start in range(0, k, chunk_size):
         cols = range(start, min(k, start + chunk_size))
         if len(cols) == 1:
             grads = torch.autograd.grad(
                 y[:, start].sum(), inputs, retain_graph=True, allow_unused=True
             )
-            parts.append(tuple(None if g is None else g.unsqueeze(0) for g in grads))
-            continue
-        one_hot = torch.zeros((len(cols), *y.shape), device=y.device, dtype=y.dtype)
-        for row, col in enumerate(cols):
-            one_hot[row, :, col] = 1.0
-        parts.append(
-            torch.autograd.grad(
+            grads = tuple(None if g is None else g.unsqueeze(0) for g in grads)
+        else:
+            one_hot = torch.zeros((len(cols), *y.shape), device=y.device, dtype=y.dtype)
+            for row, col in enumerate(cols):
+                one_hot[row, :, col] = 1.0
+            grads = torch.autograd.grad(
                 y, inputs, grad_outputs=one_hot, retain_graph=True, allow_unused=True,
                 is_grads_batched=True,
-            )
-        )  # fmt: skip
-    out: list[Tensor | None] = []
-    for i in range(len(inputs)):
-        pieces = [p[i] for p in parts]
-        out.append(None if pieces[0] is None else torch.cat(pieces))
+            )  # fmt: skip
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            if out[i] is None:
+                out[i] = g.new_zeros((k, *g.shape[1:]))
+            out[i][start : start + len(cols)] = g
     return tuple(out)
 
 

@@ -474,6 +474,11 @@ def measure_memory(model, kind, batches, explain_batch, size, device, peak) -> d
             out[f"explain_{explain_batch}_peak_mib"] = peak(partial(bcosify.explain, model, x))
             top5 = partial(bcosify.explain, model, x, target="topk:5")
             out[f"explain_{explain_batch}_top5_peak_mib"] = peak(top5)
+            top10 = partial(bcosify.explain, model, x, target="topk:10")
+            out[f"explain_{explain_batch}_top10_peak_mib"] = peak(top10)
+            # what an explanation returns per target: dynamic weights and contributions
+            per_target = 2 * x.shape[0] * 6 * x.shape[2] * x.shape[3] * x.element_size()
+            out["explanation_mib_per_target"] = per_target / 2**20
         elif kind == "reference":
             x6 = make_input(kind, 1, size, device)
             reference_explain_loop(model, x6)
@@ -658,6 +663,14 @@ def markdown(results: dict) -> str:
             ]
             for name, r in e["ratios"].items():
                 lines.append(f"- {name}: {r['wall']:.2f} ({r['cpu']:.2f})")
+            top10_mem = mem.get("bcosify", {}).get(f"explain_{n}_top10_peak_mib")
+            if our_mem is not None and top10_mem is not None:
+                size = mem["bcosify"]["explanation_mib_per_target"]
+                lines.append(
+                    f"- peak memory, 10 targets per image: {top10_mem:,.0f} MiB, "
+                    f"{top10_mem - our_mem:+,.0f} over one target, where the explanation "
+                    f"itself grows by {9 * size:,.0f} MiB (dynamic weights and contributions)"
+                )
             lines.append("")
         t = res.get("train")
         if t:
