@@ -191,3 +191,19 @@ def test_figures_of_several_targets(model, tmp_path):
     paths = e.save_figures(tmp_path, names=["a", "b"])
     expected = [f"{n}_class{int(e.target[i, j])}.png" for i, n in enumerate("ab") for j in range(2)]
     assert [p.name for p in paths] == expected
+
+
+def test_explain_under_no_grad():
+    """Evaluation code often runs under torch.no_grad (Captum's sensitivity metric does):
+    explain still explains, one target and several."""
+    import bcosify
+
+    torch.manual_seed(0)
+    model = bcosify.convert(bcosify.build_model("resnet18", weights="none", num_classes=5))
+    x = torch.rand(2, 3, 32, 32)
+    want = bcosify.explain(model, x, target=[1, 2])
+    with torch.no_grad():
+        got = bcosify.explain(model, x, target=[1, 2])
+        several = bcosify.explain(model, x, target=[[1, 3], [2, 4]])
+    assert torch.equal(got.contributions, want.contributions)
+    assert torch.equal(several.contributions[:, 0], want.contributions)
