@@ -29,6 +29,11 @@ _EPILOGS = {
     "push": """examples:
   bcosify push r50-bcos org/resnet50-bcos              # after `hf auth login`
   bcosify push runs/r50/model org/resnet50-bcos-ft --private""",
+    "export": """examples:
+  bcosify export r50-bcos r50-bcos.onnx              # logits checked in onnxruntime
+  bcosify export hf-hub:org/resnet50-bcos model.onnx --input-size 224
+
+explanations stay in PyTorch (bcosify.explain): the ONNX graph computes the logits only.""",
     "models": """examples:
   bcosify models          # the architectures verified to convert
   bcosify models --zoo    # the published B-cos v2 models bcosify loads""",
@@ -132,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--metrics", default=None, help="a JSON file of metrics for the card")
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead")
+
+    p = add("export", "export a converted model's forward pass to ONNX (checked in onnxruntime)")
+    p.add_argument("model_dir", help="a directory written by `bcosify convert`, or hf-hub:org/name")
+    p.add_argument("out", help="the .onnx file to write")
+    p.add_argument("--input-size", type=int, default=None, help="image side (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
 
     p = add("models", "list the architectures verified to convert, or the published B-cos models")
     p.add_argument(
@@ -292,6 +304,23 @@ def _cmd_explain(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from bcosify.integrations.onnx import TOLERANCE, export_onnx
+    from bcosify.io import load
+
+    model = load(args.model_dir)
+    path = export_onnx(
+        model,
+        args.out,
+        input_size=args.input_size,
+        overwrite=args.overwrite,
+        check=not args.no_check,
+    )
+    checked = "not checked" if args.no_check else f"logits equal torch's within {TOLERANCE:g}"
+    print(f"wrote {path} ({checked}); explanations stay in PyTorch: bcosify.explain")
+    return 0
+
+
 def _cmd_models(args) -> int:
     if args.zoo:
         return _print_zoo()
@@ -400,6 +429,7 @@ _COMMANDS = {
     "evaluate": _cmd_evaluate,
     "explain": _cmd_explain,
     "models": _cmd_models,
+    "export": _cmd_export,
     "push": _cmd_push,
     "demo": _cmd_demo,
     "finetune": _cmd_finetune,

@@ -35,15 +35,16 @@ def _path(module: DetachableModule, x: Tensor, weight: Tensor) -> str:
     """Which implementation a forward pass uses; all three compute the same values.
 
     * ``plain``: differentiable ops throughout: autograd records a graph through the dynamic
-      scale (training), or the module is being scripted or symbolically traced.
+      scale (training), or the module is being scripted, symbolically traced, compiled or
+      exported (in-place work on batch chunks would not survive those).
     * ``explain``: explanation mode with a graph: the dynamic scale is a constant, computed
       outside the graph, and multiplies the output in place.
     * ``inference``: no graph (``torch.no_grad``, or nothing requires grad): the scale is
       computed and applied in place, in batch chunks, and unit-norm weights are folded into the
       output instead of being materialised.
     """
-    if torch.jit.is_scripting() or isinstance(x, torch.fx.Proxy):
-        return _PLAIN
+    if torch.jit.is_scripting() or isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
+        return _PLAIN  # (torch.compile and torch.export trace the differentiable formula)
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
         return _INFERENCE
     return _EXPLAIN if module.explanation_mode else _PLAIN
@@ -80,7 +81,11 @@ def _dynamic_scale(out: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
 
 def _pooled_window_sums(sq: Tensor, kernel, stride, padding) -> Tensor:
     """Sum of ``sq`` over every kernel window (zero padding), as an average pooling that does
-    not divide."""
+    not divide. (ONNX's AveragePool has no divisor override: an exported graph averages over
+    the window, zeros of the padding included, and multiplies by the window's size.)"""
+    if torch.compiler.is_exporting():
+        k = kernel if isinstance(kernel, (tuple, list)) else (kernel, kernel)
+        return F.avg_pool2d(sq, kernel, stride, padding, count_include_pad=True) * (k[0] * k[1])
     return F.avg_pool2d(sq, kernel, stride, padding, divisor_override=1)
 
 
