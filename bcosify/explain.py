@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from bcosify import nn as bnn
 from bcosify.errors import BcosifyError
 
-__all__ = ["Explanation", "explain", "explanation_mode"]
+__all__ = ["Explanation", "LayerExplanation", "explain", "explanation_mode"]
 
 
 @contextmanager
@@ -172,6 +172,173 @@ class Explanation:
         return paths
 
 
+@dataclass
+class LayerExplanation:
+    """Contributions at an intermediate layer: that layer's features times their dynamic
+    weights (``explain(model, x, layer=...)``).
+
+    In explanation mode a B-cos network is, from any layer on, a linear map of that layer's
+    features plus the additive constants downstream of it, so ``contributions.sum() +
+    sum(constant_contributions)`` equals the explained logit (see :attr:`completeness_error`).
+    The constants upstream of the layer are part of the features.
+
+    Attributes:
+        layer: the module or node name that was asked for; ``node``: the converted graph's node.
+        features: B x ... (the layer's output, e.g. B x C x H x W or B x tokens x D).
+        dynamic_weights: B x ..., the gradient of the target logit w.r.t. the features in
+            explanation mode.
+        contributions: ``features * dynamic_weights``.
+        logits, prediction, target: as in :class:`Explanation` (one target per sample).
+        constant_contributions: name -> B, the constants downstream of the layer.
+        channel_dim: the features' channel axis (1 for maps, -1 for tokens).
+    """
+
+    layer: str
+    node: str
+    features: Tensor
+    dynamic_weights: Tensor
+    contributions: Tensor
+    logits: Tensor
+    prediction: Tensor
+    target: Tensor
+    constant_contributions: dict[str, Tensor] = field(default_factory=dict)
+    channel_dim: int = 1
+
+    @property
+    def explained_logit(self) -> Tensor:
+        return self.logits.gather(1, self.target[:, None]).squeeze(1)
+
+    @property
+    def constant_total(self) -> Tensor:
+        total = torch.zeros_like(self.explained_logit)
+        for value in self.constant_contributions.values():
+            total = total + value
+        return total
+
+    @property
+    def completeness_error(self) -> Tensor:
+        """B: ``|sum(contributions) + downstream constants - logit| / |logit - constants|``,
+        judged on the part of the logit that the features carry."""
+        total = self.contributions.flatten(1).sum(1)
+        part = self.explained_logit - self.constant_total
+        tiny = torch.finfo(part.dtype).tiny
+        return (total - part).abs() / part.abs().clamp_min(tiny)
+
+    @property
+    def contribution_map(self) -> Tensor:
+        """The contributions summed over the channel axis (B x H x W for maps, B x tokens)."""
+        return self.contributions.sum(self.channel_dim)
+
+
+class _LayerLeaf(nn.Module):
+    """Identity in the graph after an explained layer's node: makes its output a leaf of the
+    autograd graph (so gradients stop there) and keeps it."""
+
+    def __init__(self):
+        super().__init__()
+        self.store: dict[str, Tensor] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise BcosifyError(
+                f"the explained layer's output is a {type(x).__name__}, not one tensor; name a "
+                "layer with a single tensor output"
+            )
+        leaf = x.detach().requires_grad_(True)
+        self.store["features"] = leaf
+        return leaf
+
+
+_LEAF = "bcosify_explain_layer_leaf"
+
+
+def _layer_node(model: nn.Module, layer: str) -> tuple[str, int]:
+    """The converted graph's node for a module name (``layer3``), a source node name or a
+    converted node name, and the features' channel axis as a 4-d map."""
+    import difflib
+
+    from torch import fx
+
+    from bcosify.fx.nodemap import node_map
+
+    if not isinstance(model, fx.GraphModule):
+        raise BcosifyError(
+            f"explain(layer=...) needs the converted GraphModule, got {type(model).__name__}"
+        )
+    names = {n.name for n in model.graph.nodes if n.op not in ("placeholder", "output")}
+    try:
+        nm = node_map(model)
+    except BcosifyError:
+        nm = None
+    if nm is not None:
+        source = nm.source_node(layer)
+        if source is not None and source in nm.nodes:
+            return nm.nodes[source], nm.channel_dim(source, 4)
+    if layer in names:  # a node of the converted graph itself
+        return layer, 1
+    known = (list(nm.outputs) if nm is not None else []) + sorted(names)
+    close = difflib.get_close_matches(layer, known, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise BcosifyError(
+        f"unknown layer {layer!r}: neither a module with a single output, nor a node of the "
+        f"source or of the converted graph.{hint} bcosify.node_map(model).outputs lists the "
+        "module names"
+    )
+
+
+@contextmanager
+def _leaf_after(model, node_name: str) -> Iterator[_LayerLeaf]:
+    """Insert a :class:`_LayerLeaf` after ``node_name`` for the duration of the block (the
+    graph is restored afterwards, also on error)."""
+    leaf = _LayerLeaf()
+    node = next(n for n in model.graph.nodes if n.name == node_name)
+    model.add_submodule(_LEAF, leaf)
+    with model.graph.inserting_after(node):
+        new = model.graph.call_module(_LEAF, (node,))
+    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    model.recompile()
+    try:
+        yield leaf
+    finally:
+        new.replace_all_uses_with(node)
+        model.graph.erase_node(new)
+        delattr(model, _LEAF)
+        model.recompile()
+
+
+def _layer_explanation(layer, node_name, channel_dim, leaf, logits, t, recorder):
+    if t.dim() != 1:
+        raise BcosifyError("explain(layer=...) explains one target per sample, not several")
+    features = leaf.store.get("features")
+    if features is None:
+        raise BcosifyError(f"the layer {layer!r} did not run in the forward pass")
+    leaves = [value for _, value in recorder.leaves]
+    with torch.enable_grad():
+        y = logits.gather(1, t[:, None]).sum()
+        grads = torch.autograd.grad(y, [features, *leaves], allow_unused=True)
+    weights = grads[0] if grads[0] is not None else torch.zeros_like(features)
+    n = features.shape[0]
+    constants: dict[str, Tensor] = {}
+    for (name, value), g in zip(recorder.leaves, grads[1:]):
+        if g is None:  # upstream of the layer: part of the features
+            continue
+        c = (value.detach() * g).reshape(n, -1).sum(1)
+        constants[name] = constants[name] + c if name in constants else c
+    logits = logits.detach()
+    return LayerExplanation(
+        layer=layer,
+        node=node_name,
+        features=features.detach(),
+        dynamic_weights=weights.detach(),
+        contributions=(features.detach() * weights).detach(),
+        logits=logits,
+        prediction=logits.argmax(1),
+        target=t,
+        constant_contributions=constants,
+        channel_dim=channel_dim if features.dim() == 4 else -1,
+    )
+
+
 def _find_encoder(model: nn.Module) -> bnn.InputEncoding:
     for m in model.modules():
         if isinstance(m, bnn.InputEncoding):
@@ -280,7 +447,8 @@ def explain(
     *,
     chunk_size: int = 1,
     check_range: bool = True,
-) -> Explanation:
+    layer: str | None = None,
+) -> Explanation | LayerExplanation:
     """Explain a batch: the exact contribution of every input pixel to one logit per sample, or
     to several.
 
@@ -306,6 +474,10 @@ def explain(
         check_range: refuse images outside [0, 1] (normalised images, by mistake). False for
             images perturbed on purpose beyond it (robustness metrics): the explanation stays
             exact for any input, it only explains an image the model was not trained on.
+        layer: explain at an intermediate layer instead of the pixels: a module name
+            (``"layer3"``, ``"blocks.5"``), a source node name or a converted node name. Returns
+            a :class:`LayerExplanation`: the layer's features times their dynamic weights, whose
+            sum plus the constants downstream of the layer is the logit. One target per sample.
 
     Example:
         >>> import bcosify, torchvision
@@ -327,16 +499,18 @@ def explain(
         captured["x6"] = leaf
         return leaf
 
+    node_name, channel_dim = _layer_node(model, layer) if layer is not None else (None, 1)
     names = {id(m): name for name, m in model.named_modules()}
     recorder = bnn.ConstantRecorder(names)
     was_training = model.training
     handle = encoder.register_forward_hook(_leaf)
+    tap = _leaf_after(model, node_name) if node_name is not None else nullcontext(None)
     try:
         model.eval()
         # the parameters enter as constants: autograd then keeps only what the input gradient
         # needs (not, e.g., every norm layer's input for its weight gradient)
         params = {name: p.detach() for name, p in model.named_parameters()}
-        with explanation_mode(model), torch.enable_grad(), recorder.active():
+        with tap as layer_leaf, explanation_mode(model), torch.enable_grad(), recorder.active():
             logits = torch.func.functional_call(model, params, (x,))
     finally:
         handle.remove()
@@ -344,6 +518,8 @@ def explain(
     if logits.dim() != 2:
         raise BcosifyError(f"the model must return N x classes logits, got {tuple(logits.shape)}")
     t = _resolve_target(target, logits)
+    if layer_leaf is not None:
+        return _layer_explanation(layer, node_name, channel_dim, layer_leaf, logits, t, recorder)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise BcosifyError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     x6 = captured["x6"]
