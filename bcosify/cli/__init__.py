@@ -118,7 +118,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("explain", "explain images with a converted model; one figure per image")
     p.add_argument("model_dir", help="a directory written by `bcosify convert`, or hf-hub:org/name")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="image files; a video (.mp4, .gif, ...) or a folder of frames gives "
+        "<name>_explained.gif (each frame beside its explanation) and a per-frame .json",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--target", type=int, default=None, help="class to explain (default: top-1)")
     which.add_argument(
@@ -130,6 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory for the figures")
     p.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    p.add_argument(
+        "--video-target",
+        choices=["fixed", "per-frame"],
+        default="fixed",
+        help="videos: one class for the clip (the top class of its mean logits; default) or each "
+        "frame's own top class (--target sets a class)",
+    )
+    p.add_argument("--video-format", choices=["gif", "mp4"], default="gif")
+    p.add_argument("--max-frames", type=int, default=None, help="videos: at most this many frames")
 
     p = add("push", "upload a model directory to the Hugging Face Hub, with a model card")
     p.add_argument("model_dir", help="a directory written by `bcosify convert` or finetune")
@@ -272,12 +286,31 @@ def _cmd_explain(args) -> int:
 
     from bcosify.explain import explain
     from bcosify.io import load
+    from bcosify.video import explain_video, is_video
 
-    images = [_open_image(p) for p in args.images]
+    videos = [p for p in args.images if is_video(p)]
+    paths = [p for p in args.images if not is_video(p)]
+    if args.top_k is not None and videos:
+        raise BcosifyError("--top-k explains images; for videos use --target or --video-target")
+    images = [_open_image(p) for p in paths]
     out = Path(args.out)
-    stems = [Path(p).stem for p in args.images]
+    stems = [Path(p).stem for p in paths]
     model = load(args.model_dir)
     n_classes = model.bcosify_num_classes
+    if args.target is not None and not 0 <= args.target < n_classes:
+        raise BcosifyError(f"--target must lie in [0, {n_classes - 1}], got {args.target}")
+    for video in videos:
+        target = args.target if args.target is not None else args.video_target
+        written = explain_video(
+            model,
+            video,
+            out,
+            target=target,
+            fmt=args.video_format,
+            max_frames=args.max_frames,
+            overwrite=args.overwrite,
+        )
+        print(f"{video}: wrote {written} and {written.with_suffix('.json')}")
     if args.top_k is not None and not 1 <= args.top_k <= n_classes:
         raise BcosifyError(f"--top-k must lie in [1, {n_classes}], got {args.top_k}")
     if args.top_k is None:  # the top-k figures' names are known only after the forward pass
@@ -285,8 +318,6 @@ def _cmd_explain(args) -> int:
         if existing and not args.overwrite:
             raise BcosifyError(f"{existing[0]} exists; pass --overwrite to replace it")
     names = _class_names(n_classes)
-    if args.target is not None and not 0 <= args.target < n_classes:
-        raise BcosifyError(f"--target must lie in [0, {n_classes - 1}], got {args.target}")
     target = args.target if args.top_k is None else f"topk:{args.top_k}"
     for stem, image in tqdm(list(zip(stems, images)), desc="explain", unit="image", disable=None):
         x = model.transform(image).unsqueeze(0)
