@@ -34,6 +34,9 @@ _EPILOGS = {
   bcosify export hf-hub:org/resnet50-bcos model.onnx --input-size 224
 
 explanations stay in PyTorch (bcosify.explain): the ONNX graph computes the logits only.""",
+    "serve": """examples:
+  bcosify serve r50-bcos                      # http://127.0.0.1:7860
+  bcosify serve hf-hub:org/resnet50-bcos --port 8080""",
     "models": """examples:
   bcosify models          # the architectures verified to convert
   bcosify models --zoo    # the published B-cos v2 models bcosify loads""",
@@ -158,6 +161,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="image side (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
+    p = add("serve", "a local web page: upload an image, see the top-5 explanations (Gradio)")
+    p.add_argument("model_dir", help="a directory written by `bcosify convert`, or hf-hub:org/name")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: local)")
+    p.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860)")
 
     p = add("models", "list the architectures verified to convert, or the published B-cos models")
     p.add_argument(
@@ -352,6 +360,13 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from bcosify.app import serve
+
+    serve(args.model_dir, host=args.host, port=args.port)
+    return 0
+
+
 def _cmd_models(args) -> int:
     if args.zoo:
         return _print_zoo()
@@ -461,6 +476,7 @@ _COMMANDS = {
     "explain": _cmd_explain,
     "models": _cmd_models,
     "export": _cmd_export,
+    "serve": _cmd_serve,
     "push": _cmd_push,
     "demo": _cmd_demo,
     "finetune": _cmd_finetune,
