@@ -39,6 +39,13 @@ def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.set_explanation_mode(state)
 
 
+def _sum_constants(constants: dict[str, Tensor], like: Tensor) -> Tensor:
+    total = torch.zeros_like(like)
+    for value in constants.values():
+        total = total + value
+    return total
+
+
 @dataclass
 class Explanation:
     """The explanation of one logit, or of several, per sample of a batch.
@@ -89,10 +96,7 @@ class Explanation:
 
     @property
     def constant_total(self) -> Tensor:
-        total = torch.zeros_like(self.explained_logit)
-        for value in self.constant_contributions.values():
-            total = total + value
-        return total
+        return _sum_constants(self.constant_contributions, self.explained_logit)
 
     @property
     def completeness_error(self) -> Tensor:
@@ -210,10 +214,7 @@ class LayerExplanation:
 
     @property
     def constant_total(self) -> Tensor:
-        total = torch.zeros_like(self.explained_logit)
-        for value in self.constant_contributions.values():
-            total = total + value
-        return total
+        return _sum_constants(self.constant_contributions, self.explained_logit)
 
     @property
     def completeness_error(self) -> Tensor:

@@ -878,24 +878,26 @@ def main(argv=None) -> dict | None:
         },
         "architectures": {},
     }
+
+    def train(arch: str, models: dict) -> dict:
+        return bench_train(
+            arch,
+            models,
+            args.train_batch,
+            args.train_size,
+            args.train_rounds,
+            args.warmup,
+            device,
+            args.amp,
+            args.train_compile,
+        )
+
     for arch in args.archs.split(","):
         print(f"{arch}:", flush=True)
         if args.train_only:
             kinds = [k for k in KINDS if k != "reference" or _has_reference(arch)]
             models = {kind: prepare(arch, kind, args.train_size, device) for kind in kinds}
-            res = {
-                "train": bench_train(
-                    arch,
-                    models,
-                    args.train_batch,
-                    args.train_size,
-                    args.train_rounds,
-                    args.warmup,
-                    device,
-                    args.amp,
-                    args.train_compile,
-                )
-            }
+            res = {"train": train(arch, models)}
             results["architectures"][arch] = res
             del models
             gc.collect()
@@ -916,17 +918,7 @@ def main(argv=None) -> dict | None:
             ),
         }
         if args.train_batch:
-            res["train"] = bench_train(
-                arch,
-                models,
-                args.train_batch,
-                args.train_size,
-                args.train_rounds,
-                args.warmup,
-                device,
-                args.amp,
-                args.train_compile,
-            )
+            res["train"] = train(arch, models)
         del models
         gc.collect()
         if not args.no_memory:
