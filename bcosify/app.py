@@ -27,28 +27,18 @@ def _gradio():
     return gr
 
 
-def _class_names(model: nn.Module) -> list[str] | None:
-    names = getattr(model, "bcosify_class_names", None)
-    if names:
-        return list(names)
-    if int(model.bcosify_num_classes) == 1000:
-        from torchvision.models import ResNet50_Weights
-
-        return list(ResNet50_Weights.DEFAULT.meta["categories"])
-    return None
-
-
 def render(model: nn.Module, image, target: int | None = None) -> list[tuple[np.ndarray, str]]:
     """The explanations the page shows, as (image, caption) pairs: the top-5 classes (or the
     class ``target``), each image the input crop, its colour explanation and its contribution
     map side by side; the caption names the class, its logit and the completeness error."""
+    from bcosify.evaluate.data import imagenet_names
     from bcosify.explain import explain
-    from bcosify.viz import contribution_map_image
+    from bcosify.viz import side_by_side
 
     if image is None:
         raise BcosifyError("no image: upload one or pick a photo")
-    names = _class_names(model)
     n = int(model.bcosify_num_classes)
+    names = imagenet_names(n)
     x = model.transform(image.convert("RGB")).unsqueeze(0)
     if target is not None and not 0 <= int(target) < n:
         raise BcosifyError(f"the class must lie in [0, {n - 1}], got {target}")
@@ -59,18 +49,14 @@ def render(model: nn.Module, image, target: int | None = None) -> list[tuple[np.
     logits = e.explained_logit[0].tolist()
     sums = e.contributions[0].flatten(1).sum(1).tolist()
     constants = e.constant_total[0].tolist()
-    crop = (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
     out = []
     for k, t in enumerate(targets):
-        a = rgba[k].numpy()
-        colour = (a[..., :3] * a[..., 3:] * 255).astype(np.uint8)
-        cmap = (contribution_map_image(maps[k])[..., :3] * 255).astype(np.uint8)
         label = names[t] if names and t < len(names) else f"class {t}"
         caption = (
             f"{label} ({t}): logit {logits[k]:.4f} = contributions {sums[k]:.4f} + constants "
             f"{constants[k]:.4f}"
         )
-        out.append((np.concatenate([crop, colour, cmap], axis=1), caption))
+        out.append((side_by_side(x[0], rgba[k], maps[k]), caption))
     return out
 
 

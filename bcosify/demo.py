@@ -34,14 +34,13 @@ def run_demo(out: Path, *, overwrite: bool = False, finetune_epochs: int = 4) ->
         A summary dict (agreement, completeness errors, figure paths, and under ``"recovery"``
         the held-out results of :func:`recovery`).
     """
-    from torchvision.models import ResNet50_Weights
-
+    from bcosify.evaluate.data import imagenet_names
     from bcosify.sources import demo_photos, load_efficientnet_lite0_packaged
 
     out = Path(out)
     if out.exists() and any(out.glob("*.png")) and not overwrite:
         raise BcosifyError(f"{out} already holds figures; pass --overwrite to replace them")
-    names = ResNet50_Weights.DEFAULT.meta["categories"]
+    names = imagenet_names(1000)
     t0 = time.perf_counter()
     source = load_efficientnet_lite0_packaged()
     exact = convert(source, EQUIVALENCE)

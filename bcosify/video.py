@@ -154,6 +154,7 @@ def explain_frames(
         smooth: the alpha smoothing of the colour explanation (:func:`bcosify.viz.to_rgba`).
     """
     from bcosify.explain import explain
+    from bcosify.viz import side_by_side
 
     if target not in ("fixed", "per-frame") and not isinstance(target, int):
         raise BcosifyError(f"target must be 'fixed', 'per-frame' or a class, got {target!r}")
@@ -171,10 +172,7 @@ def explain_frames(
         e = explain(model, x, target=t)
         rgba = e.to_rgba(smooth=smooth)
         for j in range(x.shape[0]):
-            image = (x[j].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
-            a = rgba[j].numpy()
-            expl = (a[..., :3] * a[..., 3:] * 255).astype(np.uint8)  # over black
-            out.rendered.append(np.concatenate([image, expl], axis=1))
+            out.rendered.append(side_by_side(x[j], rgba[j]))
             out.targets.append(int(e.target[j]))
             out.logits.append(float(e.explained_logit[j]))
             out.completeness.append(float(e.pixel_completeness_error[j]))

@@ -343,6 +343,26 @@ def contribution_map_image(
     return np.asarray(matplotlib.colormaps[cmap](normed), dtype=np.float32)
 
 
+def side_by_side(
+    image: Tensor | np.ndarray,
+    rgba: Tensor | np.ndarray,
+    contribution_map: Tensor | np.ndarray | None = None,
+) -> np.ndarray:
+    """One ``H×kW×3`` uint8 strip: the image, its colour explanation composited over black, and
+    (if given) the contribution map in :func:`contribution_map_image`'s colours.
+
+    Example:
+        >>> import torch
+        >>> from bcosify.viz import side_by_side
+        >>> side_by_side(torch.rand(3, 8, 8), torch.rand(8, 8, 4), torch.randn(8, 8)).shape
+        (8, 24, 3)
+    """
+    panels = [_image_hwc(image), _composite(rgba, "black")]
+    if contribution_map is not None:
+        panels.append(contribution_map_image(contribution_map)[..., :3])
+    return (np.concatenate(panels, axis=1) * 255).astype(np.uint8)
+
+
 def save_figure(
     path: str | os.PathLike[str],
     image: Tensor | np.ndarray,

@@ -260,11 +260,9 @@ def _cmd_evaluate(args) -> int:
 
 
 def _class_names(num_classes: int) -> list[str] | None:
-    if num_classes != 1000:
-        return None
-    from torchvision.models import ResNet50_Weights
+    from bcosify.evaluate.data import imagenet_names
 
-    return list(ResNet50_Weights.DEFAULT.meta["categories"])
+    return imagenet_names(num_classes)
 
 
 def _open_image(path: str):

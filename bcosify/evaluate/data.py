@@ -75,6 +75,16 @@ def _norm_name(name: str) -> str:
     return " ".join(name.replace("_", " ").split()).lower()
 
 
+def imagenet_names(num_classes: int) -> list[str] | None:
+    """The ImageNet-1k class names (torchvision's, as its weights' ``meta["categories"]``) for a
+    model with 1000 outputs; None for any other number of outputs."""
+    if num_classes != _IMAGENET_CLASSES:
+        return None
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.DEFAULT.meta["categories"])
+
+
 def model_categories(model: nn.Module, num_classes: int) -> dict[str, list[str]]:
     """Known names of a model's output classes, by kind.
 

@@ -305,6 +305,17 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
             w = w / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)
         return w
 
+    def _window_is_pooling(self, padding) -> bool:
+        """Whether the window sums with ``padding`` (zeros) are an average pooling that does not
+        divide: no dilation, and padding at most half the kernel (as pooling requires)."""
+        kh, kw = self.kernel_size
+        return (
+            self.dilation == (1, 1)
+            and not isinstance(padding, str)
+            and padding[0] <= kh // 2
+            and padding[1] <= kw // 2
+        )
+
     def _window_sums(self, sq: Tensor) -> Tensor:
         """Sum of ``sq`` (N x G x H x W) over every kernel window, N x G x H' x W'."""
         padding = self.padding
@@ -312,12 +323,7 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
             sq = F.pad(sq, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = (0, 0)
         kh, kw = self.kernel_size
-        if (
-            self.dilation == (1, 1)
-            and not isinstance(padding, str)
-            and padding[0] <= kh // 2
-            and padding[1] <= kw // 2
-        ):
+        if self._window_is_pooling(padding):
             return _pooled_window_sums(sq, self.kernel_size, self.stride, padding)
         ones = sq.new_ones(sq.shape[1], 1, kh, kw)
         return F.conv2d(sq, ones, None, self.stride, padding, self.dilation, sq.shape[1])
@@ -381,16 +387,12 @@ class BcosConv2d(DetachableModule, nn.Conv2d):
     def _fused_scale(self, x: Tensor, groups: int) -> bool:
         """Whether the plain (training) path can use :class:`_CosScale2`: B=2 outside
         explanation mode, one group, zero padding whose window sum is an average pooling."""
-        padding = self.padding
         return (
             self.b == 2
             and groups == 1
             and not self.explanation_mode
             and self.padding_mode == "zeros"
-            and self.dilation == (1, 1)
-            and not isinstance(padding, str)
-            and padding[0] <= self.kernel_size[0] // 2
-            and padding[1] <= self.kernel_size[1] // 2
+            and self._window_is_pooling(self.padding)
             and not isinstance(x, torch.fx.Proxy)
             and not torch.jit.is_scripting()
         )

@@ -341,25 +341,30 @@ class _ViT(nn.Module):
         return self._logits(x)
 
 
+def _bcos_vit_layers(linear, conv, act) -> dict:
+    """The layers of a B-cos ViT (B-cos v2's or a B-cosified one), given its B-cos linear
+    layers, convolutions and activation: 6 input channels, LayerNorms (GroupNorm(1) in the
+    stem) without bias, detachable attention, the position embedding of the input's grid."""
+    return dict(
+        channels=6,
+        linear=linear,
+        out_linear=linear,
+        conv=conv,
+        norm=_layer_norm,
+        norm2d=_group_layer_norm,
+        act=act,
+        attend=bnn.ScaledDotProductAttention,
+        position=lambda grid, dim: SinCosPosition(dim),
+    )
+
+
 class BcosSimpleViT(_BcosEnds, _ViT):
     """A B-cos SimpleViT or ViT-C: B-cos linear layers and convolutions on ``[x, 1 - x]``, no
     activation, LayerNorms without bias, q/k/v projections kept linear and the attention matrix
     detached in explanation mode; the position embedding is a reported constant."""
 
     def __init__(self, cfg: ViTConfig, num_classes: int = 1000):
-        super().__init__(
-            cfg,
-            num_classes,
-            channels=6,
-            linear=_linear,
-            out_linear=_linear,
-            conv=_conv,
-            norm=_layer_norm,
-            norm2d=_group_layer_norm,
-            act=nn.Identity,
-            attend=bnn.ScaledDotProductAttention,
-            position=lambda grid, dim: SinCosPosition(dim),
-        )
+        super().__init__(cfg, num_classes, **_bcos_vit_layers(_linear, _conv, nn.Identity))
         self._add_ends(num_classes)
 
 
@@ -398,19 +403,7 @@ class BcosifiedSimpleViT(_BcosEnds, _ViT):
         mean: tuple[float, ...] = (0.485, 0.456, 0.406),
         std: tuple[float, ...] = (0.229, 0.224, 0.225),
     ):
-        super().__init__(
-            cfg,
-            num_classes,
-            channels=6,
-            linear=_raw_linear,
-            out_linear=_raw_linear,
-            conv=_raw_conv,
-            norm=_layer_norm,
-            norm2d=_group_layer_norm,
-            act=_gelu,
-            attend=bnn.ScaledDotProductAttention,
-            position=lambda grid, dim: SinCosPosition(dim),
-        )
+        super().__init__(cfg, num_classes, **_bcos_vit_layers(_raw_linear, _raw_conv, _gelu))
         self.normalize = SignedNormalize(mean, std)
         self._add_ends(num_classes)
 
